@@ -1,0 +1,141 @@
+"""Frame preprocessing: [T, 156] selected landmark columns -> [frame_len, features].
+
+Written in TensorFlow ops that convert to TFLite builtins, and imported by both the
+tf.data pipeline and the TFLite export, so training and inference run the same code.
+NaN tests use `x != x` because TFLite has no IsNan builtin.
+
+Our normalisation ("hand"), chosen because it makes the model see hand *shape*
+independently of where the signer stands and how large their hand is, while the
+arm keeps the hand's *motion*:
+- the hand is centred on its own mean point in each frame and scaled by the frame's
+  RMS x-y spread (one scale for x, y and z so the shape is not distorted);
+- the arm pose points are centred on their mean over the whole sequence and scaled by
+  the sequence's RMS x-y spread, so moves such as j and z stay visible.
+Missing points become 0 after normalisation (0 is the mean, the least surprising value).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from fingerspell import schema
+
+HAND_FEATURES = schema.N_HAND_POINTS * 3
+SIDE_FEATURES = schema.N_SIDE_POINTS * 3  # 78: the dominant hand and its arm
+SEED_FEATURES = HAND_FEATURES  # the seed drops its pose points by mistake
+
+
+def feature_dim(normalization: str) -> int:
+    return SEED_FEATURES if normalization == "seed" else SIDE_FEATURES
+
+
+def is_nan(x: tf.Tensor) -> tf.Tensor:
+    return tf.not_equal(x, x)
+
+
+def to_points(frames: tf.Tensor) -> tf.Tensor:
+    """[T, 156] coordinate-major columns -> [T, 52, 3] points (x, y, z)."""
+    frames = tf.reshape(tf.cast(frames, tf.float32), [-1, 3, schema.N_SELECTED_POINTS])
+    return tf.transpose(frames, [0, 2, 1])
+
+
+def hand_frame_counts(points: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Frames in which the left and right hand are fully present."""
+    present = tf.logical_not(tf.reduce_any(is_nan(points), axis=2))  # [T, 52]
+    left = tf.reduce_all(tf.gather(present, schema.LEFT_HAND_POINTS, axis=1), axis=1)
+    right = tf.reduce_all(tf.gather(present, schema.RIGHT_HAND_POINTS, axis=1), axis=1)
+    return (tf.reduce_sum(tf.cast(left, tf.int32)), tf.reduce_sum(tf.cast(right, tf.int32)))
+
+
+def dominant_side(frames: tf.Tensor) -> tf.Tensor:
+    """[T, 156] -> [T, 26, 3]: the hand present in more frames and the same side's arm.
+
+    A left-dominant sequence is mirrored (x -> 1 - x) so the model always sees a
+    right hand. Ties go to the right hand, as in the seed.
+    """
+    points = to_points(frames)
+    n_left, n_right = hand_frame_counts(points)
+    left = tf.gather(points, schema.LEFT_HAND_POINTS + schema.LEFT_ARM_POINTS, axis=1)
+    right = tf.gather(points, schema.RIGHT_HAND_POINTS + schema.RIGHT_ARM_POINTS, axis=1)
+    mirrored = left * tf.constant([-1.0, 1.0, 1.0]) + tf.constant([1.0, 0.0, 0.0])
+    return tf.where(n_left > n_right, mirrored, right)
+
+
+def _nan_mean(x: tf.Tensor, axis, keepdims: bool = True) -> tf.Tensor:
+    valid = tf.logical_not(is_nan(x))
+    total = tf.reduce_sum(tf.where(valid, x, tf.zeros_like(x)), axis=axis, keepdims=keepdims)
+    count = tf.reduce_sum(tf.cast(valid, x.dtype), axis=axis, keepdims=keepdims)
+    return total / tf.maximum(count, 1.0)
+
+
+def _centre_and_scale(points: tf.Tensor, axis) -> tf.Tensor:
+    """Centre points on their NaN-aware mean over `axis`, divide by the RMS x-y spread."""
+    centred = points - _nan_mean(points, axis=axis)
+    spread = _nan_mean(tf.square(centred[..., :2]), axis=axis)  # [..., 2]
+    scale = tf.sqrt(tf.reduce_mean(spread, axis=-1, keepdims=True))
+    return centred / tf.maximum(scale, 1e-6)
+
+
+def normalize(points: tf.Tensor) -> tf.Tensor:
+    """[T, 26, 3] dominant-side points -> [T, 78] normalised features, NaN -> 0."""
+    hand = _centre_and_scale(points[:, : schema.N_HAND_POINTS], axis=1)
+    arm = _centre_and_scale(points[:, schema.N_HAND_POINTS :], axis=[0, 1])
+    x = tf.concat([hand, arm], axis=1)
+    x = tf.where(is_nan(x), tf.zeros_like(x), x)
+    return tf.reshape(x, [-1, SIDE_FEATURES])
+
+
+def fit_length(x: tf.Tensor, frame_len: int) -> tf.Tensor:
+    """Resample [T, D] to [frame_len, D]: nearest frames when longer, zero padding when shorter.
+
+    Nearest-frame resampling never blends a present hand with a missing one, and one
+    gather covers both cases, so no conditional op reaches the TFLite graph.
+    """
+    n = tf.shape(x)[0]
+    steps = tf.range(frame_len)
+    stride = tf.cast(n, tf.float32) / float(frame_len)
+    resampled = tf.cast((tf.cast(steps, tf.float32) + 0.5) * stride, tf.int32)
+    index = tf.where(n > frame_len, resampled, steps)
+    padded = tf.concat([x, tf.zeros([frame_len, tf.shape(x)[1]], x.dtype)], axis=0)
+    out = tf.gather(padded, index)
+    return tf.reshape(out, [frame_len, x.shape[-1] if x.shape[-1] is not None else -1])
+
+
+def preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
+    """[T, 156] raw selected columns (NaN where undetected) -> [frame_len, 78] model input."""
+    return fit_length(normalize(dominant_side(frames)), frame_len)
+
+
+def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
+    """The seed notebook's pre_process, kept for the benchmark comparison only.
+
+    Faithful to its behaviour: hands only (its pose indices come out empty), the hand
+    normalised per frame over all 63 values in the right-hand branch only (the left
+    branch mirrors and skips it), bilinear resize of longer sequences before NaN -> 0.
+    """
+    points = to_points(frames)
+    n_left, n_right = hand_frame_counts(points)
+    left = tf.gather(points, schema.LEFT_HAND_POINTS, axis=1)
+    right = tf.gather(points, schema.RIGHT_HAND_POINTS, axis=1)
+    right_flat = tf.reshape(tf.transpose(right, [0, 2, 1]), [-1, HAND_FEATURES])
+    mean = tf.reduce_mean(right_flat, axis=1, keepdims=True)
+    std = tf.math.reduce_std(right_flat, axis=1, keepdims=True)
+    right_flat = (right_flat - mean) / std
+    mirrored = left * tf.constant([-1.0, 1.0, 1.0]) + tf.constant([1.0, 0.0, 0.0])
+    left_flat = tf.reshape(tf.transpose(mirrored, [0, 2, 1]), [-1, HAND_FEATURES])
+    # The seed picks the left hand when the right one has more NaN frames.
+    x = tf.where(n_left > n_right, left_flat, right_flat)
+    n = tf.shape(x)[0]
+    x = tf.cond(
+        n > frame_len,
+        lambda: tf.image.resize(x[..., None], [frame_len, HAND_FEATURES])[..., 0],
+        lambda: tf.pad(x, [[0, tf.maximum(frame_len - n, 0)], [0, 0]]),
+    )
+    x = tf.where(is_nan(x), tf.zeros_like(x), x)
+    return tf.reshape(x, [frame_len, HAND_FEATURES])
+
+
+def model_input(frames: tf.Tensor, frame_len: int, normalization: str) -> tf.Tensor:
+    """The preprocessing a config names: ours ("hand") or the seed's ("seed")."""
+    if normalization == "seed":
+        return seed_preprocess_frames(frames, frame_len)
+    return preprocess_frames(frames, frame_len)

@@ -1,0 +1,80 @@
+"""The Kaggle landmark layout and the columns this toolkit selects from it.
+
+This module is the one place that knows column names. Preprocessing reads
+`SELECTED_COLUMNS` from parquet, the exported `inference_args.json` lists the
+same names, and the frame preprocessing finds points through the index
+constants below, so the three can never disagree.
+"""
+from __future__ import annotations
+
+COORDS: tuple[str, ...] = ("x", "y", "z")
+
+# Landmark parts in Kaggle's column order, with their point counts.
+PARTS: tuple[tuple[str, int], ...] = (
+    ("face", 468),
+    ("left_hand", 21),
+    ("pose", 33),
+    ("right_hand", 21),
+)
+N_HAND_POINTS = 21
+
+#: Kaggle's 1629 landmark columns in file order: by coordinate, then part, then point.
+LANDMARK_COLUMNS: tuple[str, ...] = tuple(
+    f"{c}_{part}_{i}" for c in COORDS for part, n in PARTS for i in range(n)
+)
+#: Every column of a landmarks parquet file besides the `sequence_id` index.
+PARQUET_COLUMNS: tuple[str, ...] = ("frame",) + LANDMARK_COLUMNS
+INDEX_COLUMN = "sequence_id"
+
+# Arm pose points: elbow, wrist and the three hand points MediaPipe's pose model
+# puts on the palm. Index i of the left list mirrors index i of the right one.
+LEFT_ARM_POSE: tuple[int, ...] = (13, 15, 17, 19, 21)
+RIGHT_ARM_POSE: tuple[int, ...] = (14, 16, 18, 20, 22)
+ARM_POSE: tuple[int, ...] = tuple(range(13, 23))
+
+#: The selected points, in order: left hand 0-20, right hand 0-20, pose 13-22.
+SELECTED_POINTS: tuple[tuple[str, int], ...] = (
+    tuple(("left_hand", i) for i in range(N_HAND_POINTS))
+    + tuple(("right_hand", i) for i in range(N_HAND_POINTS))
+    + tuple(("pose", i) for i in ARM_POSE)
+)
+N_SELECTED_POINTS = len(SELECTED_POINTS)  # 52
+
+#: The 156 selected columns, coordinate-major (all x, then all y, then all z), so a
+#: [T, 156] frame tensor reshapes to [T, 3, 52].
+SELECTED_COLUMNS: tuple[str, ...] = tuple(
+    f"{c}_{part}_{i}" for c in COORDS for part, i in SELECTED_POINTS
+)
+N_SELECTED_COLUMNS = len(SELECTED_COLUMNS)  # 156
+
+# Point indices into the 52 selected points.
+LEFT_HAND_POINTS: tuple[int, ...] = tuple(range(0, 21))
+RIGHT_HAND_POINTS: tuple[int, ...] = tuple(range(21, 42))
+LEFT_ARM_POINTS: tuple[int, ...] = tuple(42 + ARM_POSE.index(p) for p in LEFT_ARM_POSE)
+RIGHT_ARM_POINTS: tuple[int, ...] = tuple(42 + ARM_POSE.index(p) for p in RIGHT_ARM_POSE)
+
+#: Points the model sees per frame after choosing the dominant side: its hand, then its arm.
+N_SIDE_POINTS = N_HAND_POINTS + len(LEFT_ARM_POSE)  # 26
+
+# MediaPipe's 21-point hand skeleton, for drawing (wrist 0; thumb 1-4; index 5-8; ...).
+HAND_CONNECTIONS: tuple[tuple[int, int], ...] = (
+    (0, 1), (1, 2), (2, 3), (3, 4),
+    (0, 5), (5, 6), (6, 7), (7, 8),
+    (5, 9), (9, 10), (10, 11), (11, 12),
+    (9, 13), (13, 14), (14, 15), (15, 16),
+    (13, 17), (0, 17), (17, 18), (18, 19), (19, 20),
+)
+# Arm pose skeleton: shoulder-elbow-wrist and the wrist's hand points.
+ARM_CONNECTIONS: tuple[tuple[int, int], ...] = (
+    (11, 13), (13, 15), (15, 17), (15, 19), (15, 21), (17, 19),
+    (12, 14), (14, 16), (16, 18), (16, 20), (16, 22), (18, 20),
+    (11, 12),
+)
+
+
+def column_index(name: str) -> int:
+    """Position of a landmark column among `LANDMARK_COLUMNS`."""
+    return _LANDMARK_INDEX[name]
+
+
+_LANDMARK_INDEX = {name: i for i, name in enumerate(LANDMARK_COLUMNS)}

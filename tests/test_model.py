@@ -1,0 +1,93 @@
+"""The transformer: cached greedy decoding, early stop, masked loss; the config; the metric."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fingerspell import metric, vocab
+from fingerspell.config import Config, ConfigError
+from fingerspell.model import build_model
+
+SMALL = Config(num_hid=32, num_heads=4, ff_dim=64, dropout=0.0, frame_len=32, max_target_len=16)
+
+
+def teacher_forced_greedy(model, frames, steps):
+    """Greedy decoding by re-running the full decoder on the prefix each step (no cache)."""
+    tokens = np.full((frames.shape[0], 1), vocab.START, np.int32)
+    for _ in range(steps):
+        logits = model((frames, tf.constant(tokens))).numpy()[:, -1]
+        logits[:, [vocab.PAD, vocab.START]] = -np.inf
+        tokens = np.concatenate([tokens, logits.argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return tokens[:, 1:]
+
+
+def test_cached_decoding_equals_full_recomputation():
+    tf.random.set_seed(0)
+    model = build_model(SMALL, 78)
+    frames = tf.random.normal([4, SMALL.frame_len, 78])
+    cached = model.generate(frames).numpy()
+    full = teacher_forced_greedy(model, frames, SMALL.max_target_len - 1)
+    for row_cached, row_full in zip(cached, full):
+        n = list(row_full).index(vocab.END) + 1 if vocab.END in row_full else len(row_full)
+        np.testing.assert_array_equal(row_cached[:n], row_full[:n])
+        assert (row_cached[n:] == vocab.PAD).all()
+
+
+def test_decoding_stops_once_every_sequence_has_ended():
+    model = build_model(SMALL, 78)
+    classifier_bias = model.classifier.bias
+    bias = np.zeros(vocab.N_CLASSES, np.float32)
+    bias[vocab.END] = 100.0  # always predict `>`
+    classifier_bias.assign(bias)
+    out = model.generate(tf.random.normal([3, SMALL.frame_len, 78])).numpy()
+    assert (out[:, 0] == vocab.END).all() and (out[:, 1:] == vocab.PAD).all()
+
+
+def test_masked_loss_ignores_padding():
+    model = build_model(SMALL, 78)
+    targets = tf.constant([[5, 6, vocab.END, vocab.PAD, vocab.PAD]])
+    logits = tf.random.normal([1, 5, vocab.N_CLASSES])
+    changed = tf.concat([logits[:, :3], logits[:, 3:] + 50.0 * tf.random.normal([1, 2, vocab.N_CLASSES])], axis=1)
+    assert float(model.masked_loss(targets, logits)) == pytest.approx(float(model.masked_loss(targets, changed)))
+    assert float(model.masked_loss(targets, logits)) > 0
+
+
+def test_key_dim_defaults_to_num_hid_over_heads():
+    assert Config().attention_key_dim == 50
+    assert Config.seed_notebook().attention_key_dim == 200
+    ours = build_model(Config(), 78).count_params()
+    seed = build_model(Config.seed_notebook(), 63).count_params()
+    assert seed > ours  # four times the attention projections
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = Config().override(["num_hid=64", "aug_affine=false", "learning_rate=3e-4", "val_split=file"])
+    assert (cfg.num_hid, cfg.aug_affine, cfg.learning_rate, cfg.val_split) == (64, False, 3e-4, "file")
+    with pytest.raises(ConfigError, match="unknown config key 'num_hidden'"):
+        Config().override(["num_hidden=3"])
+    with pytest.raises(ConfigError, match="expected a int"):
+        Config().override(["epochs=many"])
+    with pytest.raises(ConfigError, match="val_split"):
+        Config().override(["val_split=random"])
+    path = tmp_path / "c.json"
+    cfg.save(path)
+    assert Config.load(path) == cfg
+    path.write_text(json.dumps({"bogus": 1}))
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        Config.load(path)
+
+
+def test_score_is_normalized_total_levenshtein():
+    assert metric.score(["abc", "de"], ["abc", "de"]) == 1.0
+    # N = 5, D = 1 (one substitution) + 2 (two deletions)
+    assert metric.score(["abc", "de"], ["abd", ""]) == pytest.approx((5 - 3) / 5)
+    assert metric.score(["ab"], ["abcdef"]) == pytest.approx((2 - 4) / 2)
+
+
+def test_vocab_round_trip():
+    ids = vocab.encode("1383 william lanier")
+    assert ids[0] == vocab.START and len(ids) == vocab.MAX_TARGET_LEN
+    assert vocab.decode(ids[1:]) == "1383 william lanier"
+    with pytest.raises(ValueError, match="outside the map"):
+        vocab.encode("Capital")
