@@ -1,0 +1,203 @@
+"""Reading and writing landmark parquet files in Kaggle's layout.
+
+A landmarks file holds one row per frame of many sequences: the index column
+`sequence_id` (int64), `frame` (int16), then the 1629 float32 columns of
+`schema.LANDMARK_COLUMNS` in that order (NaN where MediaPipe found nothing).
+The files carry pandas metadata naming `sequence_id` as the index, so
+`pd.read_parquet(path)` returns a frame indexed by `sequence_id`, exactly as
+Kaggle's `train_landmarks/*.parquet` do, and pyarrow can project columns by name.
+
+`write_landmarks_parquet` is the one writer of this layout in the toolkit
+(extraction and the synthetic generator use it); `read_sequences` is the one
+reader (prediction, evaluation and rendering use it).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fingerspell.schema import INDEX_COLUMN, LANDMARK_COLUMNS
+
+N_LANDMARK_COLUMNS = len(LANDMARK_COLUMNS)  # 1629
+FRAME_COLUMN = "frame"
+
+
+def _arrow_schema() -> pa.Schema:
+    """The file schema: sequence_id, frame, 1629 float32, plus pandas index metadata."""
+    import pandas as pd
+
+    empty = pd.DataFrame(
+        {
+            INDEX_COLUMN: np.empty(0, np.int64),
+            FRAME_COLUMN: np.empty(0, np.int16),
+            **{c: np.empty(0, np.float32) for c in LANDMARK_COLUMNS},
+        }
+    ).set_index(INDEX_COLUMN)
+    schema = pa.Schema.from_pandas(empty, preserve_index=True)
+    # pandas appends the index column last; put it first, as the layout describes.
+    fields = [schema.field(INDEX_COLUMN)] + [f for f in schema if f.name != INDEX_COLUMN]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+_SCHEMA: pa.Schema | None = None
+
+
+def landmarks_schema() -> pa.Schema:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = _arrow_schema()
+    return _SCHEMA
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
+
+    On any error the temporary file is removed and `path` is left untouched, so a
+    reader never sees a half-written file. `suffix` is kept at the end of the
+    temporary name (for writers that pick the format from the extension).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _check_sequence(sequence_id, frames) -> tuple[int, np.ndarray]:
+    sid = int(sequence_id)
+    arr = np.asarray(frames)
+    if arr.ndim != 2 or arr.shape[1] != N_LANDMARK_COLUMNS:
+        raise ValueError(
+            f"sequence {sid}: expected an array [T, {N_LANDMARK_COLUMNS}], got shape {arr.shape}"
+        )
+    if arr.shape[0] > np.iinfo(np.int16).max + 1:
+        raise ValueError(f"sequence {sid}: {arr.shape[0]} frames do not fit the int16 frame column")
+    return sid, arr.astype(np.float32, copy=False)
+
+
+def _batch(items: list[tuple[int, np.ndarray]], schema: pa.Schema) -> pa.RecordBatch:
+    sids = np.concatenate([np.full(len(a), sid, np.int64) for sid, a in items])
+    frames = np.concatenate([np.arange(len(a), dtype=np.int16) for _, a in items])
+    # Column-major copy so that each landmark column is one contiguous buffer.
+    values = np.ascontiguousarray(np.concatenate([a for _, a in items], axis=0).T)
+    arrays = [pa.array(sids), pa.array(frames)] + [pa.array(values[j]) for j in range(len(values))]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def write_landmarks_parquet(
+    sequences: Mapping[int, np.ndarray] | Iterable[tuple[int, np.ndarray]],
+    path: str | os.PathLike,
+    rows_per_group: int = 50_000,
+) -> int:
+    """Write sequences to `path` in Kaggle's landmark layout; return the number of rows.
+
+    `sequences` maps (or yields pairs of) sequence_id -> float array [T, 1629] in
+    `LANDMARK_COLUMNS` order; frames are numbered 0..T-1. Pairs are consumed lazily,
+    in `rows_per_group`-row row groups, so a generator can write large files
+    without holding them in memory. Each sequence's rows are contiguous, in the
+    order given. The file is written under a temporary name in the same folder and
+    renamed at the end, so `path` is either the complete file or untouched.
+    """
+    path = Path(path)
+    items = sequences.items() if isinstance(sequences, Mapping) else sequences
+    schema = landmarks_schema()
+    n_rows = 0
+    seen: set[int] = set()
+    with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        pending: list[tuple[int, np.ndarray]] = []
+        pending_rows = 0
+        for sequence_id, frames in items:
+            sid, arr = _check_sequence(sequence_id, frames)
+            if sid in seen:
+                raise ValueError(f"sequence_id {sid} appears twice")
+            seen.add(sid)
+            if len(arr) == 0:
+                continue
+            pending.append((sid, arr))
+            pending_rows += len(arr)
+            if pending_rows >= rows_per_group:
+                writer.write_batch(_batch(pending, schema), row_group_size=pending_rows)
+                n_rows += pending_rows
+                pending, pending_rows = [], 0
+        if pending:
+            writer.write_batch(_batch(pending, schema), row_group_size=pending_rows)
+            n_rows += pending_rows
+    return n_rows
+
+
+def list_sequence_ids(parquet_path: str | os.PathLike) -> np.ndarray:
+    """The distinct sequence ids of a landmarks file, in file order."""
+    ids = pq.read_table(parquet_path, columns=[INDEX_COLUMN]).column(0).to_numpy()
+    if len(ids) == 0:
+        return ids.astype(np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
+    return np.asarray(list(dict.fromkeys(ids[starts].tolist())), dtype=np.int64)
+
+
+def read_sequences(
+    parquet_path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    sequence_ids: Iterable[int] | int | None = None,
+) -> dict[int, np.ndarray]:
+    """Read landmark sequences: {sequence_id: float32 array [T, len(columns)]}.
+
+    Only `columns` (default: all 1629 `LANDMARK_COLUMNS`, in the order given) are read,
+    by pyarrow column projection. With `sequence_ids`, only those sequences are read
+    (row groups whose statistics exclude them are skipped); ids not in the file are
+    simply absent from the result. Rows are grouped by sequence_id in one pass and
+    each sequence's rows are ordered by `frame`. The dict follows file order.
+    """
+    columns = list(LANDMARK_COLUMNS if columns is None else columns)
+    names = set(pq.read_schema(parquet_path).names)
+    missing = [c for c in [INDEX_COLUMN, FRAME_COLUMN, *columns] if c not in names]
+    if missing:
+        raise KeyError(f"{parquet_path}: no column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    filters = None
+    if isinstance(sequence_ids, (int, np.integer)):
+        sequence_ids = [sequence_ids]
+    if sequence_ids is not None:
+        wanted = sorted({int(s) for s in sequence_ids})
+        if not wanted:
+            return {}
+        filters = [(INDEX_COLUMN, "in", wanted)]
+    table = pq.read_table(
+        parquet_path, columns=[INDEX_COLUMN, FRAME_COLUMN, *columns], filters=filters
+    )
+    n = table.num_rows
+    if n == 0:
+        return {}
+    sids = table.column(0).to_numpy()
+    frames = table.column(1).to_numpy()
+    values = np.empty((n, len(columns)), dtype=np.float32)
+    for j in range(len(columns)):
+        values[:, j] = table.column(j + 2).to_numpy(zero_copy_only=False)
+    # First appearance of each id gives the file order; a stable sort by (id rank, frame)
+    # groups the rows even if a sequence's rows were not contiguous.
+    uniq, first, inverse = np.unique(sids, return_index=True, return_inverse=True)
+    rank_of_uniq = np.argsort(np.argsort(first))
+    rank = rank_of_uniq[inverse]
+    order = np.lexsort((frames, rank))
+    rank_sorted = rank[order]
+    bounds = np.flatnonzero(np.diff(rank_sorted)) + 1
+    out: dict[int, np.ndarray] = {}
+    for rows in np.split(order, bounds):
+        out[int(sids[rows[0]])] = values[rows]
+    return out
