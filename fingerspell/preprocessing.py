@@ -1,0 +1,707 @@
+"""Kaggle landmark parquet files -> TFRecord shards of the selected columns.
+
+Layout of the output directory OUT:
+
+- `OUT/<split>/<file_id>.tfrecord`: one shard per input parquet file, holding the
+  kept sequences in CSV order (format: `fingerspell.records`);
+- `OUT/<split>/<file_id>.json`: that file's counts plus a fingerprint of its
+  inputs and settings, so a re-run can skip the file and still report it;
+- `OUT/manifest.json`: totals, drop reasons, errors, per-file counts, settings.
+
+Why it is shaped this way:
+
+- Real landmark files are 1-3 GB with 1630 columns; only `SELECTED_COLUMNS` (156)
+  and the ids are read, by pyarrow column projection, after a schema check that
+  names the file and the problem (missing columns, float64, another column order).
+- Rows are grouped by sequence in one pass (contiguous runs, or one stable sort
+  when a file's rows are not grouped), never by scanning the table per sequence.
+- Each file is one task in a process pool; a worker holds one file's selected
+  columns at a time. Workers never import TensorFlow (records are encoded
+  directly), so the pool can fork and start instantly.
+- Shards and per-file JSON are written under a temporary name in OUT and renamed
+  into place, so a killed run leaves no partial shard; the next run deletes the
+  stale temporaries and redoes only the files without a finished shard.
+- Every CSV row is accounted for: kept, or counted under one drop reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from fingerspell import records, vocab
+from fingerspell.landmark_io import FRAME_COLUMN
+from fingerspell.schema import (
+    INDEX_COLUMN,
+    LANDMARK_COLUMNS,
+    LEFT_HAND_POINTS,
+    N_SELECTED_COLUMNS,
+    N_SELECTED_POINTS,
+    RIGHT_HAND_POINTS,
+    SELECTED_COLUMNS,
+)
+
+#: split -> (metadata CSV, folder of its parquet files), as in the Kaggle dataset.
+SPLIT_SOURCES: dict[str, tuple[str, str]] = {
+    "train": ("train.csv", "train_landmarks"),
+    "supplemental": ("supplemental_metadata.csv", "supplemental_landmarks"),
+}
+CSV_ID_COLUMNS: tuple[str, ...] = ("file_id", "sequence_id", "participant_id")
+CSV_REQUIRED_COLUMNS: tuple[str, ...] = (*CSV_ID_COLUMNS, "phrase")
+CSV_PATH_COLUMN = "path"  # optional; default <landmarks folder>/<file_id>.parquet
+
+# Drop reasons, in the order they are decided for a row.
+FILE_ERROR = "file_error"  # the parquet file is missing, unreadable or has a bad schema
+UNKNOWN_CHARACTERS = "unknown_characters"  # the phrase has characters outside the map
+NOT_IN_PARQUET = "not_in_parquet"  # the CSV row's sequence has no rows in its parquet file
+TOO_FEW_HAND_FRAMES = "too_few_hand_frames"  # factor * len(phrase) >= frames with a full hand
+DROP_REASONS: tuple[str, ...] = (FILE_ERROR, UNKNOWN_CHARACTERS, NOT_IN_PARQUET, TOO_FEW_HAND_FRAMES)
+
+TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
+MAX_STORED_WARNINGS = 50  # per file, in the manifest; the counts are always complete
+MAX_PRINTED_WARNINGS = 3  # per file, on stderr
+# Tests only: seconds to sleep after each written record, so a test can kill a
+# run while a worker is provably mid-shard.
+_TEST_DELAY_ENV = "FINGERSPELL_TEST_RECORD_DELAY"
+
+
+def _selected_column_indices(points: Sequence[int]) -> np.ndarray:
+    """Columns of `points` (x, y and z) in the coordinate-major `SELECTED_COLUMNS`."""
+    return np.array([c * N_SELECTED_POINTS + p for c in range(3) for p in points], dtype=np.intp)
+
+
+LEFT_HAND_COLUMNS = _selected_column_indices(LEFT_HAND_POINTS)
+RIGHT_HAND_COLUMNS = _selected_column_indices(RIGHT_HAND_POINTS)
+
+
+class PreprocessError(Exception):
+    """A problem that stops the whole run (bad CSV, unusable output dir)."""
+
+
+class FileProblem(Exception):
+    """A parquet file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    data_dir: Path
+    out_dir: Path
+    split: str = "train"  # "train", "supplemental" or "all"
+    workers: int | None = None  # None: all cores
+    overwrite: bool = False
+    min_hand_frames_factor: float = 2.0
+    progress: bool = True
+
+
+@dataclass
+class FileTask:
+    """One parquet file and its CSV rows: everything a worker needs, picklable."""
+
+    split: str
+    file_id: int
+    parquet: str
+    sequence_ids: np.ndarray
+    participant_ids: np.ndarray
+    phrases: list[str]
+    factor: float
+    shard: str  # final shard path
+    info: str  # final per-file JSON path
+    out_dir: str  # temporaries go here too, so the final rename stays on one filesystem
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+# --- CSV ------------------------------------------------------------------------------------
+
+def splits_of(split: str) -> tuple[str, ...]:
+    if split == "all":
+        return tuple(SPLIT_SOURCES)
+    if split not in SPLIT_SOURCES:
+        raise PreprocessError(f"--split must be one of {[*SPLIT_SOURCES, 'all']}, got {split!r}")
+    return (split,)
+
+
+@dataclass
+class Metadata:
+    """One split's CSV rows, validated, as arrays (row i of each field is CSV row i)."""
+
+    csv_path: str
+    file_ids: np.ndarray
+    sequence_ids: np.ndarray
+    participant_ids: np.ndarray
+    phrases: list[str]
+    parquets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.phrases)
+
+
+def _parse_int_column(table: pa.Table, column: str, csv_path: Path) -> np.ndarray:
+    text = pc.utf8_trim_whitespace(table.column(column))
+    ok = pc.match_substring_regex(text, r"^-?[0-9]+$")
+    if not pc.all(ok).as_py():
+        bad = np.flatnonzero(~np.asarray(ok.to_pylist(), dtype=bool))
+        raise PreprocessError(f"{csv_path}: column {column!r} must hold integers; bad value(s) on "
+                              f"line(s) {(bad[:5] + 2).tolist()}")  # +2: header line, 1-based
+    try:
+        return np.array(pc.cast(text, pa.int64()).to_pylist(), dtype=np.int64)
+    except pa.ArrowInvalid as e:  # e.g. out of the int64 range
+        raise PreprocessError(f"{csv_path}: column {column!r}: {e}") from None
+
+
+def _read_csv_as_strings(csv_path: Path) -> pa.Table:
+    """Every column as text (our own integer check gives line numbers); empty stays ''."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        return pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in header}, strings_can_be_null=False))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PreprocessError(f"{csv_path}: cannot read CSV ({e})") from None
+
+
+def load_metadata(data_dir: Path, split: str) -> Metadata:
+    """A split's metadata CSV, validated: integer ids, unique sequence ids, one parquet path per file."""
+    csv_name, landmarks_dir = SPLIT_SOURCES[split]
+    csv_path = Path(data_dir) / csv_name
+    if not csv_path.is_file():
+        raise PreprocessError(f"{csv_path}: metadata CSV not found (needed for --split {split})")
+    table = _read_csv_as_strings(csv_path)
+    if missing := [c for c in CSV_REQUIRED_COLUMNS if c not in table.column_names]:
+        raise PreprocessError(f"{csv_path}: missing column(s) {missing}; found {table.column_names}")
+    ids = {c: _parse_int_column(table, c, csv_path) for c in CSV_ID_COLUMNS}
+    unique, counts = np.unique(ids["sequence_id"], return_counts=True)
+    if (counts > 1).any():
+        raise PreprocessError(f"{csv_path}: sequence_id(s) listed more than once: {unique[counts > 1][:5].tolist()}")
+    if CSV_PATH_COLUMN in table.column_names:
+        parquets = [str(Path(data_dir) / p) for p in table.column(CSV_PATH_COLUMN).to_pylist()]
+        paths_of: dict[int, set[str]] = {}
+        for f, path in zip(ids["file_id"].tolist(), parquets):
+            paths_of.setdefault(f, set()).add(path)
+        if conflicting := [f for f, paths in paths_of.items() if len(paths) > 1]:
+            raise PreprocessError(f"{csv_path}: file_id(s) {conflicting[:5]} have more than one path")
+    else:
+        parquets = [str(Path(data_dir) / landmarks_dir / f"{f}.parquet") for f in ids["file_id"].tolist()]
+    return Metadata(str(csv_path), ids["file_id"], ids["sequence_id"], ids["participant_id"],
+                    table.column("phrase").to_pylist(), parquets)
+
+
+def _rows_digest(sequence_ids: np.ndarray, participant_ids: np.ndarray, phrases: list[str]) -> str:
+    """Hash of a file's CSV rows, so a re-run notices when the CSV changed."""
+    h = hashlib.sha1()
+    for sid, pid, phrase in zip(sequence_ids.tolist(), participant_ids.tolist(), phrases):
+        h.update(f"{sid}\t{pid}\t{phrase}\n".encode())
+    return h.hexdigest()
+
+
+def _file_stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def make_tasks(metadata: Metadata, split: str, out_dir: Path, factor: float) -> list[FileTask]:
+    """One task per parquet file of a split, in CSV order of first appearance."""
+    order = np.argsort(metadata.file_ids, kind="stable")
+    file_ids, first = np.unique(metadata.file_ids[order], return_index=True)
+    groups = np.split(order, first[1:])
+    tasks = []
+    for file_id, rows in sorted(zip(file_ids.tolist(), groups), key=lambda fg: fg[1][0]):
+        parquet = metadata.parquets[rows[0]]
+        sequence_ids = metadata.sequence_ids[rows]
+        participant_ids = metadata.participant_ids[rows]
+        phrases = [metadata.phrases[i] for i in rows.tolist()]
+        tasks.append(FileTask(
+            split=split, file_id=file_id, parquet=parquet, sequence_ids=sequence_ids,
+            participant_ids=participant_ids, phrases=phrases, factor=factor,
+            shard=str(out_dir / split / f"{file_id}{records.SHARD_SUFFIX}"),
+            info=str(out_dir / split / f"{file_id}.json"),
+            out_dir=str(out_dir),
+            fingerprint={
+                "format": [records.FORMAT_NAME, records.FORMAT_VERSION],
+                "selected_columns": hashlib.sha1("\n".join(SELECTED_COLUMNS).encode()).hexdigest(),
+                "min_hand_frames_factor": factor,
+                "parquet": parquet,
+                "parquet_stat": _file_stat(parquet),
+                "csv_rows": _rows_digest(sequence_ids, participant_ids, phrases),
+            },
+        ))
+    return tasks
+
+
+# --- reading one parquet file ---------------------------------------------------------------
+
+def check_schema(path: str, schema: pa.Schema) -> bool:
+    """Raise FileProblem unless the file has Kaggle's layout; return whether it has `frame`."""
+    names = schema.names
+    present = set(names)
+    missing = [c for c in (INDEX_COLUMN, *SELECTED_COLUMNS) if c not in present]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileProblem(f"{path}: missing column(s) {missing[:5]}{more}")
+    if not pa.types.is_integer(schema.field(INDEX_COLUMN).type):
+        raise FileProblem(f"{path}: column {INDEX_COLUMN!r} is {schema.field(INDEX_COLUMN).type}, expected int64")
+    has_frame = FRAME_COLUMN in present
+    if has_frame and not pa.types.is_integer(schema.field(FRAME_COLUMN).type):
+        raise FileProblem(f"{path}: column {FRAME_COLUMN!r} is {schema.field(FRAME_COLUMN).type}, expected an integer")
+    wrong = [(c, schema.field(c).type) for c in SELECTED_COLUMNS if not pa.types.is_float32(schema.field(c).type)]
+    if wrong:
+        name, dtype = wrong[0]
+        raise FileProblem(f"{path}: landmark column {name!r} is {dtype}, expected float32 "
+                          f"({len(wrong)} selected column(s) are not float32)")
+    position = {c: i for i, c in enumerate(LANDMARK_COLUMNS)}
+    order = [position[c] for c in names if c in position]
+    for a, b in zip(order, order[1:]):
+        if b < a:
+            raise FileProblem(f"{path}: landmark columns are not in Kaggle's order "
+                              f"({LANDMARK_COLUMNS[b]!r} comes after {LANDMARK_COLUMNS[a]!r})")
+    return has_frame
+
+
+def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
+    if pa.types.is_float32(arrow_type):
+        return np.dtype(np.float32)
+    if pa.types.is_integer(arrow_type):
+        kind = "i" if pa.types.is_signed_integer(arrow_type) else "u"
+        return np.dtype(f"<{kind}{arrow_type.bit_width // 8}")
+    raise TypeError(f"unexpected column type {arrow_type}")
+
+
+def column_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as numpy, nulls as NaN, straight from the Arrow buffers.
+
+    pyarrow's own `to_numpy` imports pandas on first use (~0.3 s in every worker
+    process); a single-chunk column without nulls is not even copied here.
+    """
+    dtype = _numpy_dtype(column.type)
+    parts = []
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=dtype, count=chunk.offset + len(chunk))[chunk.offset:]
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=chunk.offset + len(chunk),
+                                 bitorder="little")[chunk.offset:]
+            values = np.where(bits.astype(bool), values, np.float32(np.nan))
+        parts.append(values)
+    if not parts:
+        return np.empty(0, dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass
+class LandmarkTable:
+    """One file's selected columns: sequence id and frame per row, one array per column."""
+
+    sequence_ids: np.ndarray
+    frames: np.ndarray | None
+    columns: list[np.ndarray]  # N_SELECTED_COLUMNS arrays of float32, one value per row
+
+    def take(self, order: np.ndarray) -> "LandmarkTable":
+        return LandmarkTable(self.sequence_ids[order], None if self.frames is None else self.frames[order],
+                             [c[order] for c in self.columns])
+
+
+def read_landmarks(path: str) -> LandmarkTable:
+    """The selected columns of a landmarks file, after checking its schema."""
+    if not os.path.exists(path):
+        raise FileProblem(f"{path}: parquet file not found")
+    try:
+        pf = pq.ParquetFile(path)
+        has_frame = check_schema(path, pf.schema_arrow)
+        columns = [INDEX_COLUMN] + ([FRAME_COLUMN] if has_frame else []) + list(SELECTED_COLUMNS)
+        table = pf.read(columns=columns, use_threads=True)
+    except (pa.ArrowException, OSError) as e:
+        raise FileProblem(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from None
+    for name in columns[:2 if has_frame else 1]:
+        if table.column(name).null_count:
+            raise FileProblem(f"{path}: column {name!r} has null values")
+    offset = 2 if has_frame else 1
+    return LandmarkTable(
+        sequence_ids=column_values(table.column(0)).astype(np.int64, copy=False),
+        frames=column_values(table.column(1)) if has_frame else None,
+        columns=[column_values(table.column(offset + j)) for j in range(N_SELECTED_COLUMNS)],
+    )
+
+
+def group_rows(table: LandmarkTable) -> tuple[LandmarkTable, np.ndarray, np.ndarray]:
+    """(table with each sequence's rows contiguous and in frame order, run ids, run starts).
+
+    Kaggle files are already grouped, which one vectorized check confirms; other
+    files get one stable sort by (sequence_id, frame).
+    """
+    seq, frames = table.sequence_ids, table.frames
+    if len(seq) == 0:
+        return table, np.empty(0, np.int64), np.empty(0, np.intp)
+    same = seq[1:] == seq[:-1]
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    grouped = len(np.unique(seq[starts])) == len(starts)
+    if grouped and frames is not None:
+        grouped = not np.any(same & (np.diff(frames.astype(np.int64)) < 0))
+    if not grouped:
+        order = np.lexsort((frames, seq)) if frames is not None else np.argsort(seq, kind="stable")
+        table = table.take(order)
+        seq = table.sequence_ids
+        starts = np.flatnonzero(np.concatenate([[True], seq[1:] != seq[:-1]]))
+    return table, seq[starts], starts
+
+
+def _full_rows(columns: list[np.ndarray], which: np.ndarray) -> np.ndarray:
+    missing = np.zeros(len(columns[0]), dtype=bool)
+    for j in which:
+        missing |= np.isnan(columns[j])
+    return ~missing
+
+
+def full_hand_frames(table: LandmarkTable, starts: np.ndarray) -> np.ndarray:
+    """Per run, the larger of the counts of frames where all 63 left / right hand values are present."""
+    if len(starts) == 0:
+        return np.empty(0, np.int64)
+    left = _full_rows(table.columns, LEFT_HAND_COLUMNS).astype(np.int64)
+    right = _full_rows(table.columns, RIGHT_HAND_COLUMNS).astype(np.int64)
+    return np.maximum(np.add.reduceat(left, starts), np.add.reduceat(right, starts))
+
+
+def keep_sequence(phrase: str, hand_frames: int, factor: float) -> bool:
+    """The seed notebook's rule: enough frames with a fully visible hand for the phrase length."""
+    return factor * len(phrase) < hand_frames
+
+
+# --- one file -------------------------------------------------------------------------------
+
+def _empty_result(task: FileTask) -> dict[str, Any]:
+    return {
+        "split": task.split,
+        "file_id": task.file_id,
+        "parquet": task.parquet,
+        "shard": None,
+        "csv_rows": len(task.phrases),
+        "kept": 0,
+        "dropped": {reason: 0 for reason in DROP_REASONS},
+        "not_in_csv": 0,  # sequences in the parquet file that the CSV does not list
+        "frames_kept": 0,
+        "warnings": [],
+        "n_warnings": 0,
+        "error": None,
+        "reused": False,
+        "seconds": 0.0,
+    }
+
+
+def _warn(result: dict[str, Any], message: str) -> None:
+    result["n_warnings"] += 1
+    if len(result["warnings"]) < MAX_STORED_WARNINGS:
+        result["warnings"].append(message)
+
+
+def _remove_outputs(task: FileTask) -> None:
+    """A file that now fails must not leave an older shard behind to be trained on."""
+    for path in (task.info, task.shard):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def _atomic_path(final: str, temp_dir: str) -> Iterator[str]:
+    """A temporary path in `temp_dir`, renamed to `final` only if the block completes."""
+    tmp = os.path.join(temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(final)}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json_atomic(data: Any, final: str, temp_dir: str) -> None:
+    with _atomic_path(final, temp_dir) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def _classify_rows(task: FileTask, run_ids: np.ndarray, hand_frames: np.ndarray,
+                   result: dict[str, Any]) -> list[tuple[int, int]]:
+    """(CSV row, run) of each kept row, counting every other row under its reason."""
+    order = np.argsort(run_ids, kind="stable")
+    sorted_ids = run_ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, task.sequence_ids), 0, max(len(sorted_ids) - 1, 0))
+    found = (sorted_ids[pos] == task.sequence_ids) if len(sorted_ids) else np.zeros(len(pos), bool)
+    run_of_row = order[pos] if len(order) else pos
+    result["not_in_csv"] = int(np.count_nonzero(~np.isin(run_ids, task.sequence_ids)))
+    kept = []
+    for row, phrase in enumerate(task.phrases):
+        sid = int(task.sequence_ids[row])
+        if bad := vocab.unknown_chars(phrase):
+            result["dropped"][UNKNOWN_CHARACTERS] += 1
+            _warn(result, f"{task.parquet}: sequence {sid}: phrase {phrase!r} has characters "
+                          f"outside the character map: {sorted(bad)}")
+        elif not found[row]:
+            result["dropped"][NOT_IN_PARQUET] += 1
+            _warn(result, f"{task.parquet}: sequence {sid} is listed in the CSV but has no rows in the file")
+        elif not keep_sequence(phrase, int(hand_frames[run_of_row[row]]), task.factor):
+            result["dropped"][TOO_FEW_HAND_FRAMES] += 1
+        else:
+            kept.append((row, int(run_of_row[row])))
+    return kept
+
+
+def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
+                 kept: list[tuple[int, int]], result: dict[str, Any]) -> None:
+    ends = np.append(starts[1:], len(table.sequence_ids))
+    # Row-major [rows, 156] once per file, so each record is one contiguous slice.
+    values = np.stack(table.columns, axis=1) if kept else np.empty((0, N_SELECTED_COLUMNS), np.float32)
+    delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
+    os.makedirs(os.path.dirname(task.shard), exist_ok=True)
+    with _atomic_path(task.shard, task.out_dir) as tmp, records.ShardWriter(tmp) as writer:
+        for row, run in kept:
+            block = values[starts[run]:ends[run]]
+            writer.write(records.serialize_sequence(
+                block, task.phrases[row], int(task.sequence_ids[row]),
+                int(task.participant_ids[row]), task.file_id))
+            result["frames_kept"] += int(ends[run] - starts[run])
+            if delay:
+                time.sleep(delay)
+    result["kept"] = len(kept)
+    result["shard"] = os.path.relpath(task.shard, task.out_dir)  # relative to OUT: the folder can move
+
+
+def process_file(task: FileTask) -> dict[str, Any]:
+    """Read, filter and write one parquet file; return its per-file result.
+
+    File-level problems become `result["error"]` (all its rows counted as
+    `file_error`) rather than exceptions, so the other files still run.
+    """
+    started = time.perf_counter()
+    result = _empty_result(task)
+    # An old JSON must never describe the new shard if this run is killed after
+    # renaming the shard: without a JSON the file is simply redone next time.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(task.info)
+    try:
+        table = read_landmarks(task.parquet)
+    except FileProblem as e:
+        result["error"] = str(e)
+        result["dropped"][FILE_ERROR] = result["csv_rows"]
+        _remove_outputs(task)
+        return result
+    table, run_ids, starts = group_rows(table)
+    hand_frames = full_hand_frames(table, starts)
+    kept = _classify_rows(task, run_ids, hand_frames, result)
+    _write_shard(task, table, starts, kept, result)
+    if result["kept"] + sum(result["dropped"].values()) != result["csv_rows"]:
+        raise AssertionError(f"{task.parquet}: kept + dropped != CSV rows ({result})")
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    _write_json_atomic({"fingerprint": task.fingerprint, "result": result}, task.info, task.out_dir)
+    return result
+
+
+def reusable_result(task: FileTask) -> dict[str, Any] | None:
+    """The stored result of a file finished by an earlier run with the same inputs and settings."""
+    if not os.path.isfile(task.shard):
+        return None
+    try:
+        with open(task.info, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if stored.get("fingerprint") != json.loads(json.dumps(task.fingerprint)):
+        return None
+    result = stored["result"]
+    result["reused"] = True
+    return result
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def _worker_init(threads: int) -> None:
+    """Share the cores between workers instead of each using all of them."""
+    pa.set_cpu_count(threads)
+    pa.set_io_thread_count(threads)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork when TensorFlow is not loaded (instant start); forkserver otherwise (forking TF's threads is unsafe)."""
+    if "tensorflow" in sys.modules:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("fork")
+
+
+def _failed_result(task: FileTask, message: str) -> dict[str, Any]:
+    result = _empty_result(task)
+    result["error"] = f"{task.parquet}: {message}"
+    result["dropped"][FILE_ERROR] = result["csv_rows"]
+    _remove_outputs(task)
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="file", desc="preprocess", disable=not enabled, file=sys.stderr)
+
+
+def run_tasks(tasks: list[FileTask], workers: int, progress: bool) -> list[dict[str, Any]]:
+    """Process files, largest first, in a pool of `workers` processes (in this process for 1)."""
+    tasks = sorted(tasks, key=lambda t: -((_file_stat(t.parquet) or [0])[0]))
+    results: list[dict[str, Any]] = []
+    with _progress(len(tasks), progress) as bar:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                try:
+                    results.append(process_file(task))
+                except Exception as e:  # e.g. disk full: report it, keep the others
+                    results.append(_failed_result(task, f"failed ({type(e).__name__}: {e})"))
+                bar.update()
+            return results
+        n = min(workers, len(tasks))
+        threads = max(1, (os.cpu_count() or 1) // n)
+        with ProcessPoolExecutor(n, mp_context=_pool_context(), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures: dict[Future, FileTask] = {pool.submit(process_file, t): t for t in tasks}
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    results.append(future.result())
+                except Exception as e:  # a crashed worker or a bug: report it, keep the others
+                    results.append(_failed_result(task, f"worker failed ({type(e).__name__}: {e})"))
+                bar.update()
+    return results
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """One run per output directory: a second one would delete the first's temporaries.
+
+    Forked workers inherit the lock, so workers of a killed run that are still
+    writing here keep it until they exit.
+    """
+    with open(out_dir / LOCK_NAME, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreprocessError(f"{out_dir}: another preprocess run (or workers of a killed one) "
+                                  f"is writing here") from None
+        yield
+
+
+def clean_temporaries(out_dir: Path) -> int:
+    """Delete what killed runs left half-written; return how many."""
+    stale = list(out_dir.glob(f"{TEMP_PREFIX}*"))
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return len(stale)
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows: dict[str, int],
+               workers: int, cleaned: int, seconds: float) -> dict[str, Any]:
+    results = sorted(results, key=lambda r: (r["split"], r["file_id"]))
+    dropped = {reason: sum(r["dropped"][reason] for r in results) for reason in DROP_REASONS}
+    kept = sum(r["kept"] for r in results)
+    total_rows = sum(csv_rows.values())
+    if kept + sum(dropped.values()) != total_rows:
+        raise AssertionError(f"kept {kept} + dropped {dropped} != {total_rows} CSV rows")
+    splits = {}
+    for split, n_rows in csv_rows.items():
+        rs = [r for r in results if r["split"] == split]
+        splits[split] = {"csv_rows": n_rows, "kept": sum(r["kept"] for r in rs),
+                         "dropped": {k: sum(r["dropped"][k] for r in rs) for k in DROP_REASONS},
+                         "files": len(rs)}
+    return {
+        "format": {"name": records.FORMAT_NAME, "version": records.FORMAT_VERSION,
+                   "n_columns": N_SELECTED_COLUMNS},
+        "csv_rows": total_rows,
+        "kept": kept,
+        "dropped": dropped,
+        "errors": [{"file": r["parquet"], "message": r["error"]} for r in results if r["error"]],
+        "splits": splits,
+        "files": results,
+        "selected_columns": list(SELECTED_COLUMNS),
+        "settings": {"data_dir": str(config.data_dir.resolve()), "split": config.split,
+                     "min_hand_frames_factor": config.min_hand_frames_factor,
+                     "workers": workers, "overwrite": config.overwrite},
+        "run": {"seconds": round(seconds, 3), "files_reused": sum(r["reused"] for r in results),
+                "stale_temporaries_removed": cleaned},
+    }
+
+
+def preprocess(config: PreprocessConfig) -> dict[str, Any]:
+    """Run the whole preprocessing and return the manifest (also written to OUT/manifest.json).
+
+    Raises PreprocessError for problems that stop everything (bad CSV, bad
+    arguments); per-file problems are reported in `manifest["errors"]`.
+    """
+    started = time.perf_counter()
+    data_dir, out_dir = Path(config.data_dir).absolute(), Path(config.out_dir).absolute()
+    if not data_dir.is_dir():
+        raise PreprocessError(f"--data-dir {data_dir} is not a directory")
+    if out_dir.resolve() == data_dir.resolve():
+        raise PreprocessError("--out must not be the data directory (its files must stay untouched)")
+    if not config.min_hand_frames_factor >= 0:
+        raise PreprocessError(f"--min-hand-frames-factor must be >= 0, got {config.min_hand_frames_factor}")
+    workers = config.workers if config.workers is not None else _default_workers()
+    if workers < 1:
+        raise PreprocessError(f"--workers must be >= 1, got {workers}")
+    splits = splits_of(config.split)
+    metadata = {split: load_metadata(data_dir, split) for split in splits}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir):
+        cleaned = clean_temporaries(out_dir)
+        tasks = [t for split in splits
+                 for t in make_tasks(metadata[split], split, out_dir, config.min_hand_frames_factor)]
+        reused, todo = [], []
+        for task in tasks:
+            previous = None if config.overwrite else reusable_result(task)
+            (reused if previous else todo).append(previous or task)
+        results = reused + run_tasks(todo, workers, config.progress)
+        manifest = _summarize(results, config, {s: len(m) for s, m in metadata.items()},
+                              workers, cleaned, time.perf_counter() - started)
+        _write_json_atomic(manifest, str(out_dir / records.MANIFEST_NAME), str(out_dir))
+    return manifest
+
+
+def report(manifest: dict[str, Any], out_dir: Path, stream=sys.stderr) -> None:
+    """Print warnings (capped per file), errors and the totals."""
+    for r in manifest["files"]:
+        for message in r["warnings"][:MAX_PRINTED_WARNINGS]:
+            print(f"warning: {message}", file=stream)
+        if r["n_warnings"] > MAX_PRINTED_WARNINGS:
+            print(f"warning: ... and {r['n_warnings'] - MAX_PRINTED_WARNINGS} more for {r['parquet']} "
+                  f"(see manifest)", file=stream)
+    for e in manifest["errors"]:
+        print(f"error: {e['message']}", file=stream)
+    dropped = ", ".join(f"{k}={v}" for k, v in manifest["dropped"].items() if v) or "none"
+    run = manifest["run"]
+    print(f"kept {manifest['kept']} of {manifest['csv_rows']} sequences (dropped: {dropped}); "
+          f"{len(manifest['files'])} files ({run['files_reused']} reused from an earlier run), "
+          f"{len(manifest['errors'])} unreadable; {run['seconds']:.1f}s; "
+          f"manifest: {out_dir / records.MANIFEST_NAME}", file=stream)

@@ -1,0 +1,136 @@
+"""Shared test helpers: small Kaggle-format datasets whose every row's fate is known.
+
+`SeqSpec` describes one sequence (frames, how many frames show each hand fully,
+whether it is in the CSV and/or the parquet file); `write_kaggle_dataset`
+writes train.csv + train_landmarks/<file_id>.parquet (and optionally the
+supplemental split) from such specs, so tests can assert exact kept/dropped
+counts. Files are written with `landmark_io.write_landmarks_parquet`, the
+toolkit's writer of Kaggle's layout; `write_raw_parquet` writes deliberately
+broken variants (other dtypes, missing or reordered columns, shuffled rows).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fingerspell.landmark_io import FRAME_COLUMN, write_landmarks_parquet
+from fingerspell.schema import (
+    INDEX_COLUMN,
+    LANDMARK_COLUMNS,
+    LEFT_HAND_POINTS,
+    N_SELECTED_POINTS,
+    RIGHT_HAND_POINTS,
+    SELECTED_COLUMNS,
+    column_index,
+)
+
+
+def hand_landmark_columns(points) -> np.ndarray:
+    """Positions among the 1629 `LANDMARK_COLUMNS` of a hand's 63 selected columns."""
+    selected = [SELECTED_COLUMNS[c * N_SELECTED_POINTS + p] for c in range(3) for p in points]
+    return np.array([column_index(name) for name in selected])
+
+
+LEFT_COLS = hand_landmark_columns(LEFT_HAND_POINTS)
+RIGHT_COLS = hand_landmark_columns(RIGHT_HAND_POINTS)
+
+
+@dataclass
+class SeqSpec:
+    """One sequence of a test dataset and what preprocessing must do with it."""
+
+    sequence_id: int
+    phrase: str
+    n_frames: int = 20
+    left_full: int = 0  # frames where all 63 left-hand values are present
+    right_full: int = 0
+    partial: int = 0  # extra frames with a hand that has exactly one NaN value (not full)
+    participant_id: int = 1
+    in_csv: bool = True
+    in_parquet: bool = True
+
+
+def make_frames(spec: SeqSpec, rng: np.random.Generator) -> np.ndarray:
+    """[n_frames, 1629] float32: random values, hands NaN except where the spec says."""
+    assert spec.left_full + spec.partial <= spec.n_frames and spec.right_full + spec.partial <= spec.n_frames
+    frames = rng.random((spec.n_frames, len(LANDMARK_COLUMNS)), dtype=np.float32)
+    frames[rng.random(frames.shape) < 0.05] = np.nan  # scattered NaN elsewhere (face, pose)
+    for cols, full in ((LEFT_COLS, spec.left_full), (RIGHT_COLS, spec.right_full)):
+        hand = rng.random((spec.n_frames, len(cols)), dtype=np.float32)
+        hidden = rng.permutation(spec.n_frames)[full:]
+        hand[hidden] = np.nan
+        for t in hidden[:spec.partial]:  # nearly visible: one value missing
+            hand[t] = rng.random(len(cols), dtype=np.float32)
+            hand[t, rng.integers(len(cols))] = np.nan
+        frames[:, cols] = hand
+    return frames
+
+
+def write_raw_parquet(path: Path, sequences: dict[int, np.ndarray], columns=LANDMARK_COLUMNS,
+                      dtype=np.float32, shuffle_rows: bool = False, seed: int = 0) -> None:
+    """Landmark rows with pyarrow directly: any column list/order/dtype, optionally shuffled rows."""
+    ids = np.concatenate([np.full(len(f), sid, np.int64) for sid, f in sequences.items()])
+    frame_no = np.concatenate([np.arange(len(f), dtype=np.int16) for f in sequences.values()])
+    values = np.concatenate(list(sequences.values()), axis=0)
+    if shuffle_rows:
+        order = np.random.default_rng(seed).permutation(len(ids))
+        ids, frame_no, values = ids[order], frame_no[order], values[order]
+    arrays = {INDEX_COLUMN: ids, FRAME_COLUMN: frame_no}
+    for name in columns:
+        arrays[name] = values[:, column_index(name)].astype(dtype)
+    pq.write_table(pa.table(arrays), path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    pd.DataFrame(rows, columns=["path", "file_id", "sequence_id", "participant_id", "phrase"]).to_csv(
+        path, index=False)
+
+
+def write_kaggle_dataset(root: Path, files: dict[int, list[SeqSpec]], split: str = "train",
+                         seed: int = 0, raw: dict[int, dict] | None = None) -> dict[int, dict[int, np.ndarray]]:
+    """Write one split of a dataset; return {file_id: {sequence_id: frames [T, 1629]}} as written.
+
+    `raw` maps a file_id to keyword arguments of `write_raw_parquet` for files that
+    must deviate from Kaggle's layout; other files use the toolkit's writer.
+    """
+    csv_name, folder = {"train": ("train.csv", "train_landmarks"),
+                        "supplemental": ("supplemental_metadata.csv", "supplemental_landmarks")}[split]
+    rng = np.random.default_rng(seed)
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    rows, written = [], {}
+    for file_id, specs in files.items():
+        seqs = {s.sequence_id: make_frames(s, rng) for s in specs if s.in_parquet}
+        written[file_id] = seqs
+        path = root / folder / f"{file_id}.parquet"
+        if raw and file_id in raw:
+            write_raw_parquet(path, seqs, **raw[file_id])
+        else:
+            write_landmarks_parquet(seqs, path)
+        rows += [{"path": f"{folder}/{file_id}.parquet", "file_id": file_id, "sequence_id": s.sequence_id,
+                  "participant_id": s.participant_id, "phrase": s.phrase} for s in specs if s.in_csv]
+    write_csv(root / csv_name, rows)
+    return written
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path -> sha1 of every file under `root`, to prove inputs were left untouched."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for running `python -m ...` from the repository root in a subprocess."""
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
