@@ -1,0 +1,121 @@
+"""The tf.data pipeline: preprocessed records -> batches of (frames, decoder input) and targets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from fingerspell import augment, features, records, vocab
+from fingerspell.config import Config
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _char_table() -> tf.lookup.StaticHashTable:
+    chars = list(vocab.char_to_index())
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(chars, [vocab.char_to_index()[c] for c in chars]),
+        default_value=-1)
+
+
+def tokenize(phrase: tf.Tensor, table: tf.lookup.StaticHashTable, max_len: int) -> tf.Tensor:
+    """`<` + phrase + `>` as ids padded with PAD to `max_len` (tf twin of vocab.encode)."""
+    ids = table.lookup(tf.strings.bytes_split(phrase))
+    tf.debugging.assert_non_negative(ids, message="phrase has characters outside the character map")
+    tf.debugging.assert_less_equal(tf.size(ids), max_len - 2, message="phrase longer than max_target_len - 2")
+    ids = tf.concat([[vocab.START], ids, [vocab.END]], axis=0)
+    return tf.pad(ids, [[0, max_len - tf.size(ids)]], constant_values=vocab.PAD)
+
+
+def frames_to_input(landmarks: tf.Tensor, cfg: Config, training: bool) -> tf.Tensor:
+    """[T, 156] -> [frame_len, F], augmenting dominant-side points when training."""
+    if cfg.normalization == "seed" or not (training and cfg.augmentations()):
+        return features.model_input(landmarks, cfg.frame_len, cfg.normalization)
+    points = augment.augment(features.dominant_side(landmarks), cfg)
+    return features.fit_length(features.normalize(points), cfg.frame_len)
+
+
+# --- validation split ---------------------------------------------------------------------
+
+def choose_validation(groups: dict[int, int], fraction: float, seed: int) -> list[int]:
+    """Pick whole groups (participants or files) until they hold `fraction` of the sequences."""
+    if len(groups) < 2:
+        raise ValueError(f"a held-out split needs at least 2 groups, found {len(groups)}")
+    order = np.random.default_rng(seed).permutation(sorted(groups))
+    total, chosen, held = sum(groups.values()), [], 0
+    for group in order[:-1]:
+        if held >= fraction * total:
+            break
+        chosen.append(int(group))
+        held += groups[int(group)]
+    return sorted(chosen)
+
+
+def group_counts(shards: list[Path], key: str) -> dict[int, int]:
+    """Sequences per participant_id or file_id, parsing only that field."""
+    spec = {key: tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset([str(p) for p in shards]).map(
+        lambda r: tf.io.parse_single_example(r, spec)[key], num_parallel_calls=AUTOTUNE)
+    ids, counts = np.unique(np.fromiter(ds.batch(4096).unbatch().as_numpy_iterator(), dtype=np.int64),
+                            return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts)}
+
+
+def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None) -> dict:
+    """The held-out groups, saved in the run so `--resume` and export see the same split."""
+    path = run_dir / "split.json" if run_dir else None
+    if path and path.exists():
+        return json.loads(path.read_text())
+    key = "participant_id" if cfg.val_split == "participant" else "file_id"
+    groups = group_counts(shards, key)
+    split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
+             "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}}
+    if path:
+        path.write_text(json.dumps(split, indent=2) + "\n")
+    return split
+
+
+def _in_split(split: dict, validation: bool):
+    held = tf.constant(split["validation"], tf.int64)
+
+    def keep(record):
+        member = tf.reduce_any(tf.equal(record[split["key"]], held))
+        return member if validation else tf.logical_not(member)
+    return keep
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, batch_size: int) -> tf.data.Dataset:
+    """((frames [B, frame_len, F], decoder input [B, L-1]), targets [B, L-1]) batches."""
+    table = _char_table()
+
+    def to_example(record):
+        tokens = tokenize(record["phrase"], table, cfg.max_target_len)
+        return (frames_to_input(record["landmarks"], cfg, training), tokens[:-1]), tokens[1:]
+
+    if training:  # endless: Keras counts epochs by steps_per_epoch
+        records_ds = records_ds.shuffle(4096, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+    ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+
+
+def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int) -> tf.data.Dataset:
+    """(frames [B, frame_len, F], phrase strings [B]) batches for greedy-decoded scoring."""
+    def to_example(record):
+        return features.model_input(record["landmarks"], cfg.frame_len, cfg.normalization), record["phrase"]
+    return records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None):
+    """(train records, validation records, split info) from a preprocessed directory."""
+    shards = records.shard_paths(data_dir)
+    split = load_or_make_split(shards, cfg, run_dir)
+    all_records = records.load_dataset(shards)
+    train = all_records.filter(_in_split(split, validation=False))
+    valid = all_records.filter(_in_split(split, validation=True))
+    if cfg.cache:
+        train, valid = train.cache(), valid.cache()
+    return train, valid, split

@@ -1,0 +1,364 @@
+"""Training runs: config, split, model, optimizer, checkpoints, resume, metrics and curves.
+
+A run directory holds `config.json`, `character_to_prediction_index.json`, `split.json`,
+`checkpoints/{last,best}.weights.h5` (+ the optimizer state and `state.json` for an exact
+`--resume`), `metrics.csv`, `curves.png` and TensorBoard logs under `tensorboard/`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fingerspell import data, features, metric, vocab
+from fingerspell.config import Config
+from fingerspell.model import FingerspellTransformer, build_model
+
+CHECKPOINTS = "checkpoints"
+METRIC_FIELDS = ["epoch", "loss", "val_loss", "val_score", "learning_rate", "train_seconds",
+                 "train_sequences_per_second", "eval_seconds"]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why."""
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to the peak rate, then cosine decay to 5% of it.
+
+    `total_steps` is a variable so a run with a time budget can shorten the decay to
+    end when the budget does (see `RunKeeper`), instead of stopping at a high rate.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps = peak, warmup_steps
+        self.total_steps = tf.Variable(float(max(total_steps, 1)), trainable=False, dtype=tf.float32)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
+        decay_steps = tf.maximum(self.total_steps - self.warmup_steps, 1.0)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.peak * (0.05 + 0.95 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": float(self.total_steps.numpy())}
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, WarmupCosine | None]:
+    """The optimizer and, for the cosine schedule, the schedule (to fit it to a time budget)."""
+    schedule = None
+    rate = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        schedule = rate = WarmupCosine(cfg.learning_rate, int(cfg.warmup_epochs * steps_per_epoch),
+                                       cfg.epochs * steps_per_epoch)
+    options = {"clipnorm": cfg.clipnorm} if cfg.clipnorm else {}
+    if cfg.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options), schedule
+    return keras.optimizers.Adam(rate, **options), schedule
+
+
+def use_mixed_precision(cfg: Config) -> bool:
+    if cfg.mixed_precision == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return cfg.mixed_precision == "on"
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """All visible GPUs through MirroredStrategy; the default strategy otherwise."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+# --- greedy-decoded scoring -------------------------------------------------------------------
+
+def make_generator(model: FingerspellTransformer):
+    return tf.function(lambda frames: model.generate(frames), reduce_retracing=True)
+
+
+def predict_phrases(generate, batches: tf.data.Dataset, limit: int = 0) -> tuple[list[str], list[str]]:
+    """Greedy predictions and targets for (frames, phrase) batches."""
+    targets, predictions = [], []
+    for frames, phrases in batches:
+        ids = generate(frames).numpy()
+        predictions += [vocab.decode(row) for row in ids]
+        targets += [p.decode("utf-8") for p in phrases.numpy()]
+        if limit and len(targets) >= limit:
+            break
+    if limit:
+        targets, predictions = targets[:limit], predictions[:limit]
+    return targets, predictions
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def _atomic_save_weights(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_last(model: keras.Model, run_dir: Path, state: dict) -> None:
+    ckpt = run_dir / CHECKPOINTS
+    _atomic_save_weights(model, ckpt / "last.weights.h5")
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
+    tmp = ckpt / "last.optimizer.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, ckpt / "last.optimizer.npz")
+    _atomic_write(ckpt / "state.json", json.dumps(state, indent=2) + "\n")
+
+
+def restore_last(model: keras.Model, run_dir: Path) -> dict:
+    ckpt = run_dir / CHECKPOINTS
+    state_path = ckpt / "state.json"
+    if not state_path.exists():
+        raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/state.json)")
+    model.load_weights(ckpt / "last.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(ckpt / "last.optimizer.npz") as saved:
+        for i, variable in enumerate(model.optimizer.variables):
+            variable.assign(saved[f"v{i}"])
+    return json.loads(state_path.read_text())
+
+
+def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[FingerspellTransformer, Config]:
+    """The model of a finished (or running) run, with `best` or `last` weights."""
+    run_dir = Path(run_dir)
+    cfg = Config.load(run_dir / "config.json")
+    path = run_dir / CHECKPOINTS / f"{checkpoint}.weights.h5"
+    if not path.exists():
+        raise TrainingError(f"{path}: checkpoint not found (has the run finished an epoch?)")
+    model = build_model(cfg, features.feature_dim(cfg.normalization))
+    model.load_weights(path)
+    return model, cfg
+
+
+# --- the per-epoch bookkeeping ------------------------------------------------------------------
+
+class EpochTimer(keras.callbacks.Callback):
+    """Training time (without evaluation) and an optional time budget checked every batch."""
+
+    def __init__(self, budget_seconds: float = 0.0, total: float = 0.0):
+        super().__init__()
+        self.budget_seconds = budget_seconds
+        self.total = total
+        self.epoch_seconds = 0.0
+        self.exhausted = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.budget_seconds and self.total + time.perf_counter() - self._start > self.budget_seconds:
+            self.exhausted = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds = time.perf_counter() - self._start
+        self.total += self.epoch_seconds
+
+
+class RunKeeper(keras.callbacks.Callback):
+    """After each epoch: stop on NaN, score, checkpoint, log, plot - in that order."""
+
+    def __init__(self, run_dir: Path, cfg: Config, eval_batches, timer: EpochTimer,
+                 steps_per_epoch: int, schedule: WarmupCosine | None, state: dict):
+        super().__init__()
+        self.run_dir, self.cfg, self.eval_batches, self.timer = run_dir, cfg, eval_batches, timer
+        self.steps_per_epoch, self.schedule, self.state = steps_per_epoch, schedule, state
+        self.epochs_this_session = 0
+        self.nan_batch: int | None = None
+        self.generate = None
+        self.sequences_seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sequences_seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.sequences_seen += self.cfg.batch_size
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_batch = batch
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self.nan_batch is not None or not math.isfinite(float(logs.get("loss", 0.0))):
+            return  # keep the last good checkpoint untouched
+        row = {"epoch": epoch + 1, "loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
+               "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "train_seconds": round(self.timer.epoch_seconds, 2),
+               "train_sequences_per_second": round(self.sequences_seen / max(self.timer.epoch_seconds, 1e-9), 1)}
+        last_epoch = epoch + 1 >= self.cfg.epochs or self.model.stop_training
+        if (epoch + 1) % self.cfg.eval_every == 0 or last_epoch:
+            row.update(self._score(epoch))
+            logs["val_score"] = row["val_score"]
+        self.epochs_this_session += 1
+        self.fit_schedule_to_budget()
+        self.state.update(epoch=epoch + 1, train_seconds=round(self.timer.total, 2))
+        save_last(self.model, self.run_dir, self.state)
+        append_metrics(self.run_dir, row)
+        plot_curves(self.run_dir)
+
+    def fit_schedule_to_budget(self) -> None:
+        """With a time budget, end the cosine decay where the budget is expected to end.
+
+        Uses the latest epoch's speed; the first epoch of a session (XLA compilation,
+        cache filling) is skipped. The value is saved in state.json for `--resume`.
+        """
+        if self.schedule is None:
+            return
+        if self.cfg.time_budget_minutes and self.epochs_this_session >= 2:
+            seconds_per_step = self.timer.epoch_seconds / self.steps_per_epoch
+            left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0) / seconds_per_step
+            done = int(self.model.optimizer.iterations.numpy())
+            planned = self.cfg.epochs * self.steps_per_epoch
+            self.schedule.total_steps.assign(float(min(planned, done + left)))
+        self.state["schedule_total_steps"] = float(self.schedule.total_steps.numpy())
+
+    def _score(self, epoch: int) -> dict:
+        start = time.perf_counter()
+        self.generate = self.generate or make_generator(self.model)
+        targets, predictions = predict_phrases(self.generate, self.eval_batches, self.cfg.eval_max_sequences)
+        value = metric.score(targets, predictions)
+        if value > self.state.get("best_score", -math.inf):
+            self.state.update(best_score=value, best_epoch=epoch + 1)
+            _atomic_save_weights(self.model, self.run_dir / CHECKPOINTS / "best.weights.h5")
+        print(f"\nepoch {epoch + 1}: validation score {value:.4f} on {len(targets)} sequences "
+              f"(best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})")
+        if self.cfg.show_examples_every and (epoch + 1) % self.cfg.show_examples_every == 0:
+            for target, prediction in list(zip(targets, predictions))[:5]:
+                print(f"  target: {target!r:36} prediction: {prediction!r}")
+        return {"val_score": round(value, 5), "eval_seconds": round(time.perf_counter() - start, 2)}
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    path = run_dir / "metrics.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """curves.png: training/validation loss and the validation score per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+
+    def series(key):
+        points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        ax_loss.plot(*series(key), marker=".", label=key)
+    ax_loss.set(xlabel="epoch", ylabel="masked cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_score.plot(*series("val_score"), marker=".", color="tab:green")
+    ax_score.set(xlabel="epoch", ylabel="(N - D) / N", title="validation score")
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool) -> Config:
+    """Create or reopen a run directory; a resumed run keeps its saved config (epochs may grow)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.json"
+    if resume:
+        if not saved.exists():
+            raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
+        previous = Config.load(saved)
+        cfg = Config.from_dict({**previous.to_dict(), "epochs": max(cfg.epochs, previous.epochs)})
+    elif (run_dir / CHECKPOINTS / "state.json").exists():
+        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+    (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
+    cfg.save(saved)
+    shutil.copyfile(vocab.CHARACTER_MAP_PATH, run_dir / vocab.CHARACTER_MAP_PATH.name)
+    return cfg
+
+
+def train(data_dir: Path, run_dir: Path, cfg: Config, resume: bool = False) -> dict:
+    """Train (or continue) a run; returns a summary with the best validation score."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    cfg = prepare_run_dir(run_dir, cfg, resume)
+    keras.utils.set_random_seed(cfg.seed)
+    if use_mixed_precision(cfg):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    train_records, valid_records, split = data.split_datasets(data_dir, cfg, run_dir)
+    n_valid = sum(split["counts"][str(g)] for g in split["validation"])
+    n_train = split["sequences"] - n_valid
+    steps = n_train // cfg.batch_size
+    if steps < 1:
+        raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
+    train_batches = data.training_batches(train_records, cfg, True, cfg.batch_size)
+    valid_loss_batches = data.training_batches(valid_records, cfg, False, cfg.batch_size)
+    eval_batches = data.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
+
+    with distribution_strategy().scope():
+        model = build_model(cfg, features.feature_dim(cfg.normalization))
+        optimizer, schedule = make_optimizer(cfg, steps)
+        model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile)
+    state = restore_last(model, run_dir) if resume else {}
+    if schedule is not None and "schedule_total_steps" in state:
+        schedule.total_steps.assign(state["schedule_total_steps"])
+    start_epoch = state.get("epoch", 0)
+    if start_epoch >= cfg.epochs:
+        print(f"{run_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
+        return summarize(run_dir, state, model, n_train, n_valid)
+    print(f"training on {n_train} sequences, validating on {n_valid} "
+          f"(held-out {split['key']}s: {split['validation']}); {model.count_params():,} parameters")
+    timer = EpochTimer(cfg.time_budget_minutes * 60, total=state.get("train_seconds", 0.0))
+    keeper = RunKeeper(run_dir, cfg, eval_batches, timer, steps, schedule, state)
+    callbacks = [timer, keeper, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False)]
+    model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
+              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
+    if keeper.nan_batch is not None:
+        raise TrainingError(
+            f"loss became NaN at epoch {state.get('epoch', start_epoch) + 1}, batch {keeper.nan_batch}: training "
+            f"stopped; the last good checkpoint is {run_dir / CHECKPOINTS / 'last.weights.h5'} "
+            f"(epoch {state.get('epoch', start_epoch)}). Try a lower learning_rate.")
+    return summarize(run_dir, state, model, n_train, n_valid)
+
+
+def summarize(run_dir: Path, state: dict, model: keras.Model, n_train: int, n_valid: int) -> dict:
+    rows = read_metrics(run_dir)
+    speeds = [float(r["train_sequences_per_second"]) for r in rows[1:] if r["train_sequences_per_second"]]
+    summary = {"run_dir": str(run_dir), "epochs": state.get("epoch", 0), "best_score": state.get("best_score"),
+               "best_epoch": state.get("best_epoch"), "train_seconds": state.get("train_seconds"),
+               "train_sequences": n_train, "validation_sequences": n_valid, "parameters": model.count_params(),
+               "train_sequences_per_second": round(float(np.median(speeds)), 1) if speeds else None}
+    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
