@@ -26,7 +26,7 @@ from fingerspell.config import Config  # noqa: E402
 
 
 def ensure_dataset(workdir: Path, sequences: int, participants: int, seed: int) -> Path:
-    from fingerspell.preprocessing import preprocess_dataset
+    from fingerspell.preprocessing import PreprocessConfig, preprocess
     from fingerspell.synth import generate_dataset
 
     raw, pre = workdir / "dataset", workdir / "preprocessed"
@@ -35,7 +35,7 @@ def ensure_dataset(workdir: Path, sequences: int, participants: int, seed: int) 
         generate_dataset(raw, files=files, sequences_per_file=math.ceil(sequences / files),
                          participants=participants, seed=seed, supplemental_files=0)
     if not (pre / "manifest.json").exists():
-        preprocess_dataset(raw, pre, split="train")
+        preprocess(PreprocessConfig(data_dir=raw, out_dir=pre, split="train"))
     return pre
 
 

@@ -558,8 +558,15 @@ def _failed_result(task: FileTask, message: str) -> dict[str, Any]:
 
 
 def _progress(total: int, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
     from tqdm import tqdm
-    return tqdm(total=total, unit="file", desc="preprocess", disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, unit="file", desc="preprocess", file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def run_tasks(tasks: list[FileTask], workers: int, progress: bool) -> list[dict[str, Any]]:

@@ -21,16 +21,14 @@ preprocessing workers start in a fraction of a second instead of paying a
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib.util
 import json
 import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 
 from fingerspell.schema import N_SELECTED_COLUMNS
@@ -62,152 +60,9 @@ class RecordFormatError(ValueError):
 
 # --- CRC-32C (Castagnoli), needed by the TFRecord framing -----------------------------------
 
-_CRC_POLY = 0x82F63B78  # reflected Castagnoli polynomial
-_CRC_CHECK = (b"123456789", 0xE3069283)  # the standard check value
-_LANE_BYTES = 64  # bytes per lane of the vectorized fallback (multiple of 4)
-
-
-@functools.lru_cache(maxsize=None)
-def _crc_tables() -> np.ndarray:
-    """Slicing-by-4 tables [4, 256]: row k advances the register over a byte k places back."""
-    t0 = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        t0 = np.where(t0 & 1, (t0 >> 1) ^ np.uint32(_CRC_POLY), t0 >> 1).astype(np.uint32)
-    tables = [t0]
-    for _ in range(3):
-        prev = tables[-1]
-        tables.append((prev >> 8) ^ t0[prev & 0xFF])
-    return np.stack(tables)
-
-
-def crc32c_python(data: bytes, crc: int = 0) -> int:
-    """Byte-at-a-time CRC-32C: the slow, obviously-correct reference."""
-    table = _crc_tables()[0].tolist()
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _apply_matrix(columns: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """GF(2) matrix (32 uint32 columns, column i = image of bit i) times each vector."""
-    bits = (vectors[:, None] >> np.arange(32, dtype=np.uint32)) & 1
-    return np.bitwise_xor.reduce(np.where(bits == 1, columns[None, :], np.uint32(0)), axis=1)
-
-
-@functools.lru_cache(maxsize=None)
-def _zero_shift_matrix(n_bytes: int) -> np.ndarray:
-    """The linear map 'feed n zero bytes' on a raw (init 0, no final xor) CRC register."""
-    if n_bytes == 1:
-        basis = np.uint32(1) << np.arange(32, dtype=np.uint32)
-        return _crc_tables()[0][basis & 0xFF] ^ (basis >> 8)
-    half = _zero_shift_matrix(n_bytes // 2)
-    square = _apply_matrix(half, half)
-    return square if n_bytes % 2 == 0 else _apply_matrix(_zero_shift_matrix(1), square)
-
-
-@functools.lru_cache(maxsize=None)
-def _zero_shift_tables(n_bytes: int) -> np.ndarray:
-    """`_zero_shift_matrix(n_bytes)` as byte tables [4, 256] (4 lookups per application)."""
-    matrix = _zero_shift_matrix(n_bytes)
-    values = np.arange(256, dtype=np.uint32)
-    return np.stack([_apply_matrix(matrix, values << np.uint32(8 * k)) for k in range(4)])
-
-
-def crc32c_numpy(data: bytes) -> int:
-    """CRC-32C vectorized over many lanes: the fallback when no native CRC is available.
-
-    The message is zero-padded in front to whole lanes (leading zeros leave a
-    zero-initialized register at zero), the standard 0xFFFFFFFF initial value is
-    folded into the first four message bytes, every lane's raw CRC is computed at
-    once with slicing-by-4, and neighbouring lanes are merged pairwise:
-    raw(A + B) = shift_len(B)(raw(A)) ^ raw(B). About 5-10 ns per byte.
-    """
-    n = len(data)
-    if n < 4 * _LANE_BYTES:
-        return crc32c_python(data)
-    lanes = -(-n // _LANE_BYTES)
-    buf = np.zeros(lanes * _LANE_BYTES, dtype=np.uint8)
-    start = len(buf) - n
-    buf[start:] = np.frombuffer(data, dtype=np.uint8)
-    buf[start:start + 4] ^= 0xFF
-    words = buf.view("<u4").reshape(lanes, _LANE_BYTES // 4)
-    t = _crc_tables()
-    crc = np.zeros(lanes, dtype=np.uint32)
-    for j in range(words.shape[1]):
-        x = crc ^ words[:, j]
-        crc = t[3][x & 0xFF] ^ t[2][(x >> 8) & 0xFF] ^ t[1][(x >> 16) & 0xFF] ^ t[0][x >> 24]
-    width = _LANE_BYTES
-    while len(crc) > 1:
-        if len(crc) % 2:  # a leading all-zero lane changes nothing
-            crc = np.concatenate([np.zeros(1, np.uint32), crc])
-        s = _zero_shift_tables(width)
-        left = crc[0::2]
-        crc = (s[0][left & 0xFF] ^ s[1][(left >> 8) & 0xFF] ^ s[2][(left >> 16) & 0xFF]
-               ^ s[3][left >> 24] ^ crc[1::2])
-        width *= 2
-    return int(crc[0]) ^ 0xFFFFFFFF
-
-
-# TensorFlow's own shared library carries Abseil's hardware CRC-32C (GB/s). It is
-# loaded with ctypes, which does not import the TensorFlow Python package. The
-# mangled names pin an Abseil release; an unknown one falls back to numpy.
-_ABSL_CRC_SYMBOLS = (
-    "_ZN4absl12lts_2023080212crc_internal20ExtendCrc32cInternalENS0_8crc32c_tESt17basic_string_viewIcSt11char_traitsIcEE",
-)
-
-
-def _native_crc32c() -> Callable[[bytes], int] | None:
-    """Abseil's ExtendCrc32cInternal(crc32c_t, string_view) from libtensorflow_framework, if usable."""
-    try:
-        spec = importlib.util.find_spec("tensorflow")
-        if spec is None or spec.origin is None:
-            return None
-        lib_path = Path(spec.origin).parent / "libtensorflow_framework.so.2"
-        if not lib_path.exists():
-            return None
-        quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-        if quiet:  # the library logs an INFO banner when loaded
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
-        try:
-            lib = ctypes.CDLL(str(lib_path))
-        finally:
-            if quiet:
-                del os.environ["TF_CPP_MIN_LOG_LEVEL"]
-        for name in _ABSL_CRC_SYMBOLS:
-            fn = getattr(lib, name, None)
-            if fn is None:
-                continue
-            # x86-64 SysV: crc32c_t in one register, string_view as (length, pointer).
-            fn.argtypes = [ctypes.c_uint32, ctypes.c_size_t, ctypes.c_char_p]
-            fn.restype = ctypes.c_uint32
-
-            def native(data: bytes, fn=fn) -> int:
-                return fn(0, len(data), bytes(data))
-
-            if native(_CRC_CHECK[0]) == _CRC_CHECK[1] and native(b"") == 0:
-                return native
-    except (OSError, AttributeError, ValueError):
-        pass
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def crc32c_backend() -> tuple[str, Callable[[bytes], int]]:
-    """The fastest CRC-32C implementation that passes the check value here.
-
-    FINGERSPELL_CRC32C=numpy forces the vectorized fallback (for comparisons).
-    """
-    if os.environ.get("FINGERSPELL_CRC32C", "") != "numpy" and os.uname().machine == "x86_64":
-        native = _native_crc32c()
-        if native is not None:
-            return "native", native
-    return "numpy", crc32c_numpy
-
-
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of `data`, as TFRecord framing requires."""
-    return crc32c_backend()[1](data)
+    """CRC-32C (Castagnoli) of `data`, as TFRecord framing requires (google-crc32c's C code)."""
+    return google_crc32c.value(data)
 
 
 def _masked_crc(data: bytes) -> bytes:
