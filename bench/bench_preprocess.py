@@ -1,7 +1,6 @@
 """Benchmark: `python -m preprocess` against the seed notebook's preprocessing loop.
 
-Both run on the same generated Kaggle-format files (fingerspell.synth when it is
-available, else a small generator here) and the script prints sequences per
+Both run on the same generated Kaggle-format files (fingerspell.synth) and the script prints sequences per
 second for each and the ratio. Usage:
 
     python bench/bench_preprocess.py [--sequences N] [--workdir DIR] [--workers W]
@@ -23,7 +22,6 @@ see shared/seeds/README.md), so both write the same values.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -42,55 +40,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from fingerspell import vocab  # noqa: E402
-from fingerspell.landmark_io import write_landmarks_parquet  # noqa: E402
 from fingerspell.preprocessing import LEFT_HAND_COLUMNS, RIGHT_HAND_COLUMNS  # noqa: E402
-from fingerspell.schema import INDEX_COLUMN, LANDMARK_COLUMNS, SELECTED_COLUMNS, column_index  # noqa: E402
+from fingerspell.schema import INDEX_COLUMN, SELECTED_COLUMNS  # noqa: E402
 
 N_FILES = 4
 
 
 # --- data -------------------------------------------------------------------------------------
 
-def _fallback_generate(data_dir: Path, sequences: int, seed: int = 0) -> None:
-    """Kaggle-like files: ~160 frames per sequence, a dominant hand visible in most frames."""
-    rng = np.random.default_rng(seed)
-    chars = [c for c in vocab.char_to_index() if c != " "]
-    hand_cols = [column_index(SELECTED_COLUMNS[j]) for j in (*LEFT_HAND_COLUMNS, *RIGHT_HAND_COLUMNS)]
-    left, right = hand_cols[:63], hand_cols[63:]
-    (data_dir / "train_landmarks").mkdir(parents=True, exist_ok=True)
-    rows, per_file, sid = [], math.ceil(sequences / N_FILES), 1000
-    for file_id in range(N_FILES):
-        seqs = {}
-        for _ in range(min(per_file, sequences - file_id * per_file)):
-            n = int(rng.integers(60, 260))
-            frames = rng.random((n, len(LANDMARK_COLUMNS)), dtype=np.float32)
-            dominant, other = (left, right) if rng.random() < 0.3 else (right, left)
-            frames[np.ix_(rng.random(n) > 0.1, other)] = np.nan
-            frames[np.ix_(rng.random(n) > 0.8, dominant)] = np.nan
-            seqs[sid] = frames
-            phrase = "".join(rng.choice(chars, int(rng.integers(8, 31))))
-            rows.append({"path": f"train_landmarks/{file_id}.parquet", "file_id": file_id, "sequence_id": sid,
-                         "participant_id": int(rng.integers(12)), "phrase": phrase})
-            sid += 1
-        write_landmarks_parquet(seqs, data_dir / "train_landmarks" / f"{file_id}.parquet")
-    pd.DataFrame(rows).to_csv(data_dir / "train.csv", index=False)
-
-
 def generate(data_dir: Path, sequences: int) -> str:
-    """Write the benchmark dataset; return which generator made it."""
-    try:
-        from fingerspell import synth
-    except ImportError:
-        synth = None
-    if synth is not None and hasattr(synth, "generate_dataset"):
-        kwargs = {"files": N_FILES, "sequences_per_file": math.ceil(sequences / N_FILES), "seed": 0}
-        if "supplemental_files" in inspect.signature(synth.generate_dataset).parameters:
-            kwargs["supplemental_files"] = 0
-        synth.generate_dataset(data_dir, **kwargs)
-        return "fingerspell.synth.generate_dataset"
-    _fallback_generate(data_dir, sequences)
-    return "bench fallback generator"
+    """Write the benchmark dataset with fingerspell.synth; return which generator made it."""
+    from fingerspell.synth import generate_dataset
+
+    generate_dataset(data_dir, files=N_FILES, sequences_per_file=math.ceil(sequences / N_FILES), seed=0,
+                     supplemental_files=0)
+    return "fingerspell.synth.generate_dataset"
 
 
 # --- the seed notebook's loop -------------------------------------------------------------------

@@ -79,6 +79,11 @@ class Config:
         return self.key_dim or self.num_hid // self.num_heads
 
     def validate(self) -> "Config":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}={value!r}: expected a {f.type}")
         choices = {
             "normalization": ("hand", "seed"),
             "val_split": ("participant", "file"),
@@ -96,9 +101,17 @@ class Config:
             raise ConfigError(f"num_hid={self.num_hid} is not divisible by num_heads={self.num_heads}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
-        for name in ("frame_len", "epochs", "batch_size", "num_hid", "num_heads", "eval_every"):
-            if getattr(self, name) < 1:
+        positive = ("frame_len", "max_target_len", "epochs", "batch_size", "num_hid", "num_heads", "ff_dim",
+                    "conv_layers", "conv_kernel", "conv_stride", "eval_every", "eval_batch_size", "learning_rate")
+        for name in positive:
+            if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a positive number")
+        for name in ("dropout", "aug_frame_drop_rate", "aug_point_dropout_rate", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")
+        if not 0.0 < self.aug_speed_min <= self.aug_speed_max:
+            raise ConfigError(f"aug_speed_min={self.aug_speed_min}, aug_speed_max={self.aug_speed_max}: "
+                              f"expected 0 < min <= max")
         if self.frame_len % (self.conv_stride ** self.conv_layers):
             raise ConfigError(
                 f"frame_len={self.frame_len} must be divisible by conv_stride**conv_layers="

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +30,13 @@ def tokenize(phrase: tf.Tensor, table: tf.lookup.StaticHashTable, max_len: int) 
     return tf.pad(ids, [[0, max_len - tf.size(ids)]], constant_values=vocab.PAD)
 
 
-def frames_to_input(landmarks: tf.Tensor, cfg: Config, training: bool) -> tf.Tensor:
-    """[T, 156] -> [frame_len, F], augmenting dominant-side points when training."""
-    if cfg.normalization == "seed" or not (training and cfg.augmentations()):
-        return features.model_input(landmarks, cfg.frame_len, cfg.normalization)
-    points = augment.augment(features.dominant_side(landmarks), cfg)
-    return features.fit_length(features.normalize(points), cfg.frame_len)
-
-
 # --- validation split ---------------------------------------------------------------------
 
 def choose_validation(groups: dict[int, int], fraction: float, seed: int) -> list[int]:
     """Pick whole groups (participants or files) until they hold `fraction` of the sequences."""
     if len(groups) < 2:
-        raise ValueError(f"a held-out split needs at least 2 groups, found {len(groups)}")
+        raise ValueError(f"a held-out split needs at least 2 groups (participants or files), found {len(groups)}; "
+                         f"with one signer use val_split=file")
     order = np.random.default_rng(seed).permutation(sorted(groups))
     total, chosen, held = sum(groups.values()), [], 0
     for group in order[:-1]:
@@ -63,15 +57,23 @@ def group_counts(shards: list[Path], key: str) -> dict[int, int]:
     return {int(i): int(c) for i, c in zip(ids, counts)}
 
 
-def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None) -> dict:
-    """The held-out groups, saved in the run so `--resume` and export see the same split."""
+def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, resume: bool = False) -> dict:
+    """The held-out groups, saved as RUN_DIR/split.json so a resumed run and the export see the same split.
+
+    A resumed run must find the same shards it started with; a new run makes a new split.
+    """
     path = run_dir / "split.json" if run_dir else None
-    if path and path.exists():
-        return json.loads(path.read_text())
+    names = sorted(p.name for p in shards)
+    if resume and path and path.exists():
+        split = json.loads(path.read_text())
+        if split.get("shards") != names:
+            raise ValueError(f"the preprocessed shards differ from those the run in {run_dir} started with "
+                             f"(see {path}); resume with the same --data")
+        return split
     key = "participant_id" if cfg.val_split == "participant" else "file_id"
     groups = group_counts(shards, key)
     split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
-             "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}}
+             "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}, "shards": names}
     if path:
         path.write_text(json.dumps(split, indent=2) + "\n")
     return split
@@ -88,18 +90,43 @@ def _in_split(split: dict, validation: bool):
 
 # --- datasets -------------------------------------------------------------------------------
 
-def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, batch_size: int) -> tf.data.Dataset:
-    """((frames [B, frame_len, F], decoder input [B, L-1]), targets [B, L-1]) batches."""
+def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, batch_size: int,
+                     seed: int | None = None, shuffle_buffer: int = 4096) -> tf.data.Dataset:
+    """((frames [B, frame_len, F], decoder input [B, L-1]), targets [B, L-1]) batches.
+
+    Training batches are shuffled (within `shuffle_buffer` records), augmented and endless.
+    Augmented batches are built as dominant-side points, resampled per sequence, then
+    augmented spatially and normalised batch-wise: the same `features` functions as
+    `features.preprocess_frames`, in the same order.
+    """
     table = _char_table()
+    augmenting = training and cfg.normalization != "seed" and bool(cfg.augmentations())
+
+    def tokens_of(record):
+        tokens = tokenize(record["phrase"], table, cfg.max_target_len)
+        return tokens[:-1], tokens[1:]
 
     def to_example(record):
-        tokens = tokenize(record["phrase"], table, cfg.max_target_len)
-        return (frames_to_input(record["landmarks"], cfg, training), tokens[:-1]), tokens[1:]
+        dec_in, targets = tokens_of(record)
+        if augmenting:
+            points = augment.temporal(features.dominant_side(record["landmarks"]), cfg)
+            frames = features.fit_length(points, cfg.frame_len, fill=math.nan)
+        else:
+            frames = features.model_input(record["landmarks"], cfg.frame_len, cfg.normalization)
+        return (frames, dec_in), targets
+
+    def augment_batch(inputs, targets):
+        points, dec_in = inputs
+        return (features.normalize(augment.spatial(points, cfg)), dec_in), targets
 
     if training:  # endless: Keras counts epochs by steps_per_epoch
-        records_ds = records_ds.shuffle(4096, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
-    ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+        buffer = max(1, min(shuffle_buffer, 16384 if cfg.cache else 4096))
+        records_ds = records_ds.shuffle(buffer, seed=cfg.seed if seed is None else seed,
+                                        reshuffle_each_iteration=True).repeat()
+    ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=training)
+    if augmenting:
+        ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int) -> tf.data.Dataset:
@@ -109,11 +136,12 @@ def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int
     return records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None):
+def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, resume: bool = False):
     """(train records, validation records, split info) from a preprocessed directory."""
     shards = records.shard_paths(data_dir)
-    split = load_or_make_split(shards, cfg, run_dir)
-    all_records = records.load_dataset(shards)
+    # Shards are interleaved in a new order each epoch unless the records are cached.
+    all_records = records.load_dataset(shards, shuffle_files=not cfg.cache, seed=cfg.seed)  # checks the layout
+    split = load_or_make_split(shards, cfg, run_dir, resume)
     train = all_records.filter(_in_split(split, validation=False))
     valid = all_records.filter(_in_split(split, validation=True))
     if cfg.cache:

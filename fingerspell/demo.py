@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
     args = parser.parse_args(argv)
 
-    import fingerspell  # noqa: F401
     from fingerspell.config import Config
     from fingerspell.evaluate import evaluate, format_report
     from fingerspell.exporting import export_run
@@ -44,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t = step("1/5 synthetic Kaggle-format data (python -m fingerspell.synth)")
     files = max(1, args.sequences // 400)
-    generate_dataset(work / "dataset", files=files, sequences_per_file=args.sequences // files,
-                     participants=24, seed=0, supplemental_files=0)
-    generate_dataset(work / "heldout", files=1, sequences_per_file=300, participants=6, seed=1,
-                     supplemental_files=0)
+    datasets = {"dataset": dict(files=files, sequences_per_file=args.sequences // files, participants=24, seed=0),
+                # other signers (another seed draws other participants), for the final evaluation
+                "heldout": dict(files=1, sequences_per_file=300, participants=6, seed=1)}
+    for name, options in datasets.items():
+        if (work / name / "train.csv").exists():
+            print(f"{work / name}: already generated")
+        else:
+            generate_dataset(work / name, supplemental_files=0, **options)
     print(f"done in {time.perf_counter() - t:.0f} s")
 
     t = step("2/5 preprocess (python -m preprocess)")

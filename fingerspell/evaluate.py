@@ -16,60 +16,67 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
 from fingerspell import metric
 from fingerspell.landmark_io import read_sequences
 from fingerspell.phrases import phrase_type
 from fingerspell.predict import PredictorError, TFLitePredictor
-
-SPLIT_CSV = {"train": "train.csv", "supplemental": "supplemental_metadata.csv"}
-CSV_COLUMNS = ["path", "file_id", "sequence_id", "participant_id", "phrase"]
-
+from fingerspell.preprocessing import SPLIT_SOURCES, Metadata, PreprocessError, load_metadata
 
 class EvaluationError(RuntimeError):
     """A dataset that cannot be evaluated; the message names the file."""
 
 
-def read_split(data_dir: Path, split: str, limit: int = 0) -> pd.DataFrame:
-    """The split's CSV rows (the first `limit` when given)."""
-    path = Path(data_dir) / SPLIT_CSV[split]
-    if not path.exists():
-        raise EvaluationError(f"{path}: not found (expected a Kaggle-layout dataset in {data_dir})")
-    rows = pd.read_csv(path, dtype={"phrase": str}, keep_default_na=False)
-    missing = [c for c in CSV_COLUMNS if c not in rows.columns]
-    if missing:
-        raise EvaluationError(f"{path}: missing columns {missing}")
-    return rows.head(limit) if limit else rows
+def select_rows(meta: Metadata, limit: int = 0, held_out_run: Path | None = None) -> list[int]:
+    """CSV row numbers to evaluate: optionally only a run's held-out signers (or files), then the first `limit`."""
+    rows = np.arange(len(meta))
+    if held_out_run is not None:
+        split_path = Path(held_out_run) / "split.json"
+        if not split_path.exists():
+            raise EvaluationError(f"{split_path}: not found (--held-out takes a run directory of `python -m train`)")
+        split = json.loads(split_path.read_text())
+        ids = meta.participant_ids if split["key"] == "participant_id" else meta.file_ids
+        rows = rows[np.isin(ids, split["validation"])]
+    return rows[:limit].tolist() if limit else rows.tolist()
 
 
 def evaluate(sub_dir: Path, data_dir: Path, split: str = "train", limit: int = 0,
-             report_path: Path | None = None, progress: bool = True) -> dict:
+             report_path: Path | None = None, progress: bool = True, held_out_run: Path | None = None) -> dict:
     predictor = TFLitePredictor(sub_dir)
-    rows = read_split(data_dir, split, limit)
+    try:
+        meta = load_metadata(Path(data_dir), split)
+    except PreprocessError as err:
+        raise EvaluationError(str(err)) from None
+    rows = select_rows(meta, limit, held_out_run)
+    by_file: dict[str, list[int]] = defaultdict(list)
+    for i in rows:
+        by_file[meta.parquets[i]].append(i)
     targets, predictions, types, latencies, missing = [], [], [], [], []
     bar = tqdm(total=len(rows), unit="seq", desc="evaluating", disable=not progress)
-    for path, group in rows.groupby("path", sort=False):
-        parquet = Path(data_dir) / path
-        if not parquet.exists():
-            raise EvaluationError(f"{parquet}: not found (listed in {SPLIT_CSV[split]})")
-        sequences = read_sequences(parquet, predictor.selected_columns, group.sequence_id.tolist())
-        for sequence_id, phrase in zip(group.sequence_id, group.phrase):
+    for parquet, indices in by_file.items():
+        try:
+            sequences = read_sequences(parquet, predictor.selected_columns, meta.sequence_ids[indices].tolist())
+        except (OSError, KeyError, ValueError, pa.ArrowException) as err:
+            raise EvaluationError(f"{parquet}: cannot read ({err})") from None
+        for i in indices:
             bar.update(1)
+            sequence_id = int(meta.sequence_ids[i])
             if sequence_id not in sequences:
-                missing.append(int(sequence_id))
+                missing.append(sequence_id)
                 continue
             start = time.perf_counter()
             predictions.append(predictor(sequences[sequence_id]))
             latencies.append(time.perf_counter() - start)
-            targets.append(phrase)
-            types.append(phrase_type(phrase))
+            targets.append(meta.phrases[i])
+            types.append(phrase_type(meta.phrases[i]))
     bar.close()
     if not targets:
         raise EvaluationError(f"{data_dir}: no sequence of the {split} split could be read")
     report = build_report(targets, predictions, types, latencies, predictor.model_path)
-    report.update(split=split, data_dir=str(data_dir), sub_dir=str(sub_dir), missing_sequences=missing)
+    report.update(split=split, data_dir=str(data_dir), sub_dir=str(sub_dir), missing_sequences=missing,
+                  held_out_run=str(held_out_run) if held_out_run else None)
     if report_path:
         Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -80,13 +87,12 @@ def build_report(targets, predictions, types, latencies, model_path: Path) -> di
     for i, kind in enumerate(types):
         by_type[kind].append(i)
     per_type = {
-        kind: {"sequences": len(idx),
-               "score": round(metric.score([targets[i] for i in idx], [predictions[i] for i in idx]), 4)}
+        kind: {"sequences": len(idx), "score": _rounded_score([targets[i] for i in idx], [predictions[i] for i in idx])}
         for kind, idx in sorted(by_type.items())
     }
     ms = np.array(latencies) * 1000.0
     return {
-        "score": round(metric.score(targets, predictions), 4),
+        "score": _rounded_score(targets, predictions),
         "sequences": len(targets),
         "per_type": per_type,
         "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "p95": round(float(np.percentile(ms, 95)), 2),
@@ -96,10 +102,19 @@ def build_report(targets, predictions, types, latencies, model_path: Path) -> di
     }
 
 
+def _rounded_score(targets: list[str], predictions: list[str]) -> float | None:
+    """The score, or None where every target is empty (unlabelled recordings)."""
+    return round(metric.score(targets, predictions), 4) if any(targets) else None
+
+
+def _shown(score: float | None) -> str:
+    return "n/a (no labels)" if score is None else f"{score:.4f}"
+
+
 def format_report(report: dict) -> str:
-    lines = [f"score (N - D) / N: {report['score']:.4f} on {report['sequences']} sequences"]
+    lines = [f"score (N - D) / N: {_shown(report['score'])} on {report['sequences']} sequences"]
     for kind, values in report["per_type"].items():
-        lines.append(f"  {kind:8} {values['score']:.4f} ({values['sequences']} sequences)")
+        lines.append(f"  {kind:8} {_shown(values['score'])} ({values['sequences']} sequences)")
     lat = report["latency_ms"]
     lines.append(f"latency per sequence: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms")
     lines.append(f"model size: {report['model_bytes'] / 1e6:.2f} MB")
@@ -112,14 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fingerspell.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("sub_dir", type=Path, help="directory with model.tflite and inference_args.json")
     parser.add_argument("--data-dir", required=True, type=Path, help="Kaggle-layout dataset directory")
-    parser.add_argument("--split", choices=tuple(SPLIT_CSV), default="train")
+    parser.add_argument("--split", choices=tuple(SPLIT_SOURCES), default="train")
     parser.add_argument("--limit", type=int, default=0, help="only the first N CSV rows")
+    parser.add_argument("--held-out", type=Path, metavar="RUN_DIR",
+                        help="only the signers (or files) that this training run held out for validation")
     parser.add_argument("--report", type=Path, help="JSON report path (default SUB_DIR/evaluation.json)")
     args = parser.parse_args(argv)
     try:
         report = evaluate(args.sub_dir, args.data_dir, args.split, args.limit,
-                          args.report or args.sub_dir / "evaluation.json")
-    except (EvaluationError, PredictorError, KeyError, OSError) as err:
+                          args.report or args.sub_dir / "evaluation.json", held_out_run=args.held_out)
+    except (EvaluationError, PredictorError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(report))

@@ -35,7 +35,7 @@ class InferenceModule(tf.Module):
         self.model = model
         self.cfg = cfg
         # Keras 3 models are not tracked by tf.Module: without these references the
-        # converter writes a model with no weights (see DEVELOPERS.md).
+        # converter writes a model with no weights, which loads and returns garbage.
         self.weights = [variable.value for variable in model.weights]
 
     @tf.function(input_signature=[tf.TensorSpec([None, schema.N_SELECTED_COLUMNS], tf.float32, name="inputs")])

@@ -49,11 +49,11 @@ from pathlib import Path
 import numpy as np
 
 from fingerspell.landmark_io import N_LANDMARK_COLUMNS, atomic_output, write_landmarks_parquet
-from fingerspell.schema import LANDMARK_COLUMNS, PARTS
+from fingerspell.schema import CSV_COLUMNS, LANDMARK_COLUMNS, PARTS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 POSE_SUFFIX = ".pose"
-CSV_COLUMNS = ("path", "file_id", "sequence_id", "participant_id", "phrase")
+
 UNKNOWN_PARTICIPANT = -1
 
 # Column offset of (coordinate, part) blocks in LANDMARK_COLUMNS: coordinate-major,
@@ -440,7 +440,10 @@ def extract(
     if not sequences:
         log("error: no input could be extracted; nothing written")
         return summary
-    write_landmarks_parquet(sequences, out)
+    try:
+        write_landmarks_parquet(sequences, out)
+    except (ValueError, OSError) as e:
+        raise ExtractError(f"{out}: cannot write ({e})") from None
     try:
         rel = os.path.relpath(out.resolve(), csv_path.resolve().parent)
     except ValueError:  # different drives
@@ -473,8 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         phrases = _phrases(args.phrase, len(args.inputs))
     except ValueError as e:
         ap.error(str(e))
-    summary = extract(args.inputs, args.out, phrase=phrases, csv_path=args.csv,
-                      progress=not args.no_progress)
+    try:
+        summary = extract(args.inputs, args.out, phrase=phrases, csv_path=args.csv,
+                          progress=not args.no_progress)
+    except ExtractError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if summary.failed:
         print(f"{len(summary.failed)} of {len(args.inputs)} input(s) failed:", file=sys.stderr)
         for msg in summary.failed.values():

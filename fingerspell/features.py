@@ -15,6 +15,8 @@ Missing points become 0 after normalisation (0 is the mean, the least surprising
 """
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from fingerspell import schema
@@ -76,16 +78,19 @@ def _centre_and_scale(points: tf.Tensor, axis) -> tf.Tensor:
 
 
 def normalize(points: tf.Tensor) -> tf.Tensor:
-    """[T, 26, 3] dominant-side points -> [T, 78] normalised features, NaN -> 0."""
-    hand = _centre_and_scale(points[:, : schema.N_HAND_POINTS], axis=1)
-    arm = _centre_and_scale(points[:, schema.N_HAND_POINTS :], axis=[0, 1])
-    x = tf.concat([hand, arm], axis=1)
+    """[..., T, 26, 3] dominant-side points -> [..., T, 78] normalised features, NaN -> 0.
+
+    Works on one sequence or a batch (the training pipeline normalises whole batches).
+    """
+    hand = _centre_and_scale(points[..., : schema.N_HAND_POINTS, :], axis=-2)
+    arm = _centre_and_scale(points[..., schema.N_HAND_POINTS :, :], axis=[-3, -2])
+    x = tf.concat([hand, arm], axis=-2)
     x = tf.where(is_nan(x), tf.zeros_like(x), x)
-    return tf.reshape(x, [-1, SIDE_FEATURES])
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [SIDE_FEATURES]], axis=0))
 
 
-def fit_length(x: tf.Tensor, frame_len: int) -> tf.Tensor:
-    """Resample [T, D] to [frame_len, D]: nearest frames when longer, zero padding when shorter.
+def fit_length(x: tf.Tensor, frame_len: int, fill: float = 0.0) -> tf.Tensor:
+    """Resample [T, ...] to [frame_len, ...]: nearest frames when longer, `fill` padding when shorter.
 
     Nearest-frame resampling never blends a present hand with a missing one, and one
     gather covers both cases, so no conditional op reaches the TFLite graph.
@@ -95,14 +100,23 @@ def fit_length(x: tf.Tensor, frame_len: int) -> tf.Tensor:
     stride = tf.cast(n, tf.float32) / float(frame_len)
     resampled = tf.cast((tf.cast(steps, tf.float32) + 0.5) * stride, tf.int32)
     index = tf.where(n > frame_len, resampled, steps)
-    padded = tf.concat([x, tf.zeros([frame_len, tf.shape(x)[1]], x.dtype)], axis=0)
-    out = tf.gather(padded, index)
-    return tf.reshape(out, [frame_len, x.shape[-1] if x.shape[-1] is not None else -1])
+    padding = tf.fill(tf.concat([[frame_len], tf.shape(x)[1:]], axis=0), tf.constant(fill, x.dtype))
+    out = tf.gather(tf.concat([x, padding], axis=0), index)
+    return tf.ensure_shape(out, [frame_len, *x.shape[1:]])
+
+
+def side_points(frames: tf.Tensor, frame_len: int) -> tf.Tensor:
+    """[T, 156] -> [frame_len, 26, 3] dominant-side points, padded with NaN (= not detected)."""
+    return fit_length(dominant_side(frames), frame_len, fill=math.nan)
 
 
 def preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
-    """[T, 156] raw selected columns (NaN where undetected) -> [frame_len, 78] model input."""
-    return fit_length(normalize(dominant_side(frames)), frame_len)
+    """[T, 156] raw selected columns (NaN where undetected) -> [frame_len, 78] model input.
+
+    Length first, then normalisation: the arm's sequence statistics are those of the
+    frames the model sees, and padding (NaN) counts as missing, then becomes 0.
+    """
+    return normalize(side_points(frames, frame_len))
 
 
 def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:

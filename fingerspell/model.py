@@ -188,9 +188,10 @@ class FingerspellTransformer(keras.Model):
 
     def train_step(self, data):
         (frames, dec_in), targets = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # gradients are summed over replicas
         with tf.GradientTape() as tape:
             loss = self.masked_loss(targets, self((frames, dec_in), training=True))
-            scaled = self.optimizer.scale_loss(loss)
+            scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.loss_tracker.update_state(loss)

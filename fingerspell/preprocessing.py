@@ -56,13 +56,10 @@ from fingerspell.schema import (
     N_SELECTED_POINTS,
     RIGHT_HAND_POINTS,
     SELECTED_COLUMNS,
+    SPLIT_FILES,
 )
 
-#: split -> (metadata CSV, folder of its parquet files), as in the Kaggle dataset.
-SPLIT_SOURCES: dict[str, tuple[str, str]] = {
-    "train": ("train.csv", "train_landmarks"),
-    "supplemental": ("supplemental_metadata.csv", "supplemental_landmarks"),
-}
+SPLIT_SOURCES = SPLIT_FILES
 CSV_ID_COLUMNS: tuple[str, ...] = ("file_id", "sequence_id", "participant_id")
 CSV_REQUIRED_COLUMNS: tuple[str, ...] = (*CSV_ID_COLUMNS, "phrase")
 CSV_PATH_COLUMN = "path"  # optional; default <landmarks folder>/<file_id>.parquet

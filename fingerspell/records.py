@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import google_crc32c
 import numpy as np
 
-from fingerspell.schema import N_SELECTED_COLUMNS
+from fingerspell.schema import N_SELECTED_COLUMNS, SPLIT_FILES
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -40,7 +40,7 @@ FORMAT_NAME = "fingerspell-tfrecord"
 FORMAT_VERSION = 1
 SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
-SPLITS: tuple[str, ...] = ("train", "supplemental")
+SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
 
 # Feature keys. Readers elsewhere (e.g. data.group_counts) use these names too.
 LANDMARKS = "landmarks"
@@ -251,9 +251,11 @@ def read_manifest(preprocessed_dir: str | os.PathLike) -> dict[str, Any]:
 def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -> list[Path]:
     """The TFRecord shards of a preprocessed directory, sorted.
 
-    `split` ("train" or "supplemental") picks `<dir>/<split>/*.tfrecord`; None takes
-    every split, plus shards lying directly in `dir` (so a split folder itself can
-    be passed). Shards are written atomically, so every listed file is complete.
+    When the directory has a `manifest.json`, its file list is the truth: shards of an
+    earlier run with another `--split` or CSV, still on disk, are not picked up.
+    Without one (a folder of shards copied by hand), `<dir>/<split>/*.tfrecord` and
+    shards directly in `dir` are used. Hidden files (preprocess's temporaries, which
+    may be half-written) are never listed.
     """
     root = Path(preprocessed_dir)
     if not root.is_dir():
@@ -261,8 +263,15 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
                                 f"(create it with `python -m preprocess --data-dir ... --out {root}`)")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-    folders = [root / split] if split else [root, *(root / s for s in SPLITS)]
-    paths = sorted(p for folder in folders for p in folder.glob(f"*{SHARD_SUFFIX}") if p.is_file())
+    if (root / MANIFEST_NAME).is_file():
+        listed = [f for f in read_manifest(root).get("files", []) if f.get("shard") and f.get("kept")]
+        paths = sorted(root / f["shard"] for f in listed if split is None or f.get("split") == split)
+        if missing := [str(p) for p in paths if not p.is_file()]:
+            raise FileNotFoundError(f"{root / MANIFEST_NAME} lists shards that are missing: {missing[:5]}")
+    else:
+        folders = [root / split] if split else [root, *(root / s for s in SPLITS)]
+        paths = sorted(p for folder in folders for p in folder.glob(f"*{SHARD_SUFFIX}")
+                       if p.is_file() and not p.name.startswith("."))
     if not paths:
         what = f"split {split!r}" if split else "any split"
         raise FileNotFoundError(f"no {SHARD_SUFFIX} shards for {what} in {root}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fingerspell.landmark_io import atomic_output, list_sequence_ids, read_sequences
-from fingerspell.schema import ARM_CONNECTIONS, HAND_CONNECTIONS, LANDMARK_COLUMNS, N_HAND_POINTS
+from fingerspell.schema import ARM_CONNECTIONS, HAND_CONNECTIONS, LANDMARK_COLUMNS, N_HAND_POINTS, SPLIT_FILES
 
 #: Pose points drawn: shoulders 11/12, elbows, wrists and the hand points 17-22.
 ARM_DRAW_POINTS: tuple[int, ...] = tuple(range(11, 23))
@@ -345,7 +345,7 @@ def find_phrase(parquet_path: str | os.PathLike, sequence_id: int) -> str | None
     parquet_path = Path(parquet_path)
     candidates = [parquet_path.with_suffix(".csv")]
     for folder in (parquet_path.parent, parquet_path.parent.parent):
-        candidates += [folder / "train.csv", folder / "supplemental_metadata.csv"]
+        candidates += [folder / csv_name for csv_name, _ in SPLIT_FILES.values()]
     seen = set()
     for csv_path in candidates:
         if csv_path in seen or not csv_path.is_file():
@@ -434,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    fps=args.fps, phrase=args.phrase, size=args.size, aspect=args.aspect)
     except RenderError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, KeyError, ValueError) as e:  # not a parquet file, a missing column, ...
+        print(f"error: {args.parquet}: cannot render ({e})", file=sys.stderr)
         return 2
     msg = f"wrote {args.out}: sequence {info['sequence_id']}, {info['frames']} frames"
     if info["phrase"]:

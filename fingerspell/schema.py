@@ -7,6 +7,14 @@ constants below, so the three can never disagree.
 """
 from __future__ import annotations
 
+#: split -> (metadata CSV, folder of its parquet files), as in the Kaggle dataset.
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train.csv", "train_landmarks"),
+    "supplemental": ("supplemental_metadata.csv", "supplemental_landmarks"),
+}
+#: Columns of `train.csv` / `supplemental_metadata.csv`; `path` is `<folder>/<file_id>.parquet`.
+CSV_COLUMNS: tuple[str, ...] = ("path", "file_id", "sequence_id", "participant_id", "phrase")
+
 COORDS: tuple[str, ...] = ("x", "y", "z")
 
 # Landmark parts in Kaggle's column order, with their point counts.

@@ -114,26 +114,25 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def save_last(model: keras.Model, run_dir: Path, state: dict) -> None:
-    ckpt = run_dir / CHECKPOINTS
-    _atomic_save_weights(model, ckpt / "last.weights.h5")
-    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)}
-    tmp = ckpt / "last.optimizer.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, ckpt / "last.optimizer.npz")
-    _atomic_write(ckpt / "state.json", json.dumps(state, indent=2) + "\n")
+    """Weights and optimizer state (Keras keeps both in the .weights.h5), then the epoch state."""
+    _atomic_save_weights(model, run_dir / CHECKPOINTS / "last.weights.h5")
+    _atomic_write(run_dir / CHECKPOINTS / "state.json", json.dumps(state, indent=2) + "\n")
+
+
+def read_state(run_dir: Path) -> dict:
+    """The epoch, best score and timing of the `last` checkpoint."""
+    state_path = run_dir / CHECKPOINTS / "state.json"
+    if not state_path.exists():
+        raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/state.json)")
+    return json.loads(state_path.read_text())
 
 
 def restore_last(model: keras.Model, run_dir: Path) -> dict:
-    ckpt = run_dir / CHECKPOINTS
-    state_path = ckpt / "state.json"
-    if not state_path.exists():
-        raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/state.json)")
-    model.load_weights(ckpt / "last.weights.h5")
+    """Load the `last` checkpoint into a compiled model, optimizer included; return its state."""
+    state = read_state(run_dir)
     model.optimizer.build(model.trainable_variables)
-    with np.load(ckpt / "last.optimizer.npz") as saved:
-        for i, variable in enumerate(model.optimizer.variables):
-            variable.assign(saved[f"v{i}"])
-    return json.loads(state_path.read_text())
+    model.load_weights(run_dir / CHECKPOINTS / "last.weights.h5")
+    return state
 
 
 def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[FingerspellTransformer, Config]:
@@ -151,7 +150,8 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[Fingers
 # --- the per-epoch bookkeeping ------------------------------------------------------------------
 
 class EpochTimer(keras.callbacks.Callback):
-    """Training time (without evaluation) and an optional time budget checked every batch."""
+    """Training time per epoch (up to its last batch: without the validation pass or scoring),
+    and an optional time budget checked every batch."""
 
     def __init__(self, budget_seconds: float = 0.0, total: float = 0.0):
         super().__init__()
@@ -164,12 +164,12 @@ class EpochTimer(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.budget_seconds and self.total + time.perf_counter() - self._start > self.budget_seconds:
+        self.epoch_seconds = time.perf_counter() - self._start
+        if self.budget_seconds and self.total + self.epoch_seconds > self.budget_seconds:
             self.exhausted = True
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds = time.perf_counter() - self._start
         self.total += self.epoch_seconds
 
 
@@ -221,15 +221,14 @@ class RunKeeper(keras.callbacks.Callback):
         Uses the latest epoch's speed; the first epoch of a session (XLA compilation,
         cache filling) is skipped. The value is saved in state.json for `--resume`.
         """
-        if self.schedule is None:
+        if self.schedule is None or not self.cfg.time_budget_minutes or self.epochs_this_session < 2:
             return
-        if self.cfg.time_budget_minutes and self.epochs_this_session >= 2:
-            seconds_per_step = self.timer.epoch_seconds / self.steps_per_epoch
-            left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0) / seconds_per_step
-            done = int(self.model.optimizer.iterations.numpy())
-            planned = self.cfg.epochs * self.steps_per_epoch
-            self.schedule.total_steps.assign(float(min(planned, done + left)))
-        self.state["schedule_total_steps"] = float(self.schedule.total_steps.numpy())
+        seconds_per_step = self.timer.epoch_seconds / self.steps_per_epoch
+        left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0) / seconds_per_step
+        done = int(self.model.optimizer.iterations.numpy())
+        total = float(min(self.cfg.epochs * self.steps_per_epoch, done + left))
+        self.schedule.total_steps.assign(total)
+        self.state["budget_total_steps"] = total
 
     def _score(self, epoch: int) -> dict:
         start = time.perf_counter()
@@ -293,48 +292,91 @@ def plot_curves(run_dir: Path) -> Path:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool) -> Config:
-    """Create or reopen a run directory; a resumed run keeps its saved config (epochs may grow)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.json"
-    if resume:
-        if not saved.exists():
-            raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
-        previous = Config.load(saved)
-        cfg = Config.from_dict({**previous.to_dict(), "epochs": max(cfg.epochs, previous.epochs)})
-    elif (run_dir / CHECKPOINTS / "state.json").exists():
+RESUMABLE_CHANGES = ("epochs", "time_budget_minutes")
+
+
+def new_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create a run directory; refuse one that already holds a run (nothing a user has is overwritten)."""
+    if (run_dir / CHECKPOINTS / "state.json").exists():
         raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
-    (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
-    cfg.save(saved)
+    (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    (run_dir / "split.json").unlink(missing_ok=True)  # from an aborted start: the split is made anew
+    cfg.save(run_dir / "config.json")
     shutil.copyfile(vocab.CHARACTER_MAP_PATH, run_dir / vocab.CHARACTER_MAP_PATH.name)
+
+
+def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
+    """The run's saved config with the few changes a resumed run may take (more epochs, more time)."""
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
+    changes = dict(changes or {})
+    if refused := sorted(set(changes) - set(RESUMABLE_CHANGES)):
+        raise TrainingError(f"a resumed run keeps its config ({saved}); only {list(RESUMABLE_CHANGES)} "
+                            f"may change, not {refused}")
+    cfg = Config.from_dict({**Config.load(saved).to_dict(), **changes})
+    cfg.save(saved)
     return cfg
 
 
-def train(data_dir: Path, run_dir: Path, cfg: Config, resume: bool = False) -> dict:
-    """Train (or continue) a run; returns a summary with the best validation score."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    cfg = prepare_run_dir(run_dir, cfg, resume)
-    keras.utils.set_random_seed(cfg.seed)
+def train(data_dir: Path, run_dir: Path, cfg: Config, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Start a new run; returns a summary with the best validation score.
+
+    Extra Keras `callbacks` run after the run's own bookkeeping (checkpoints, metrics).
+    """
+    run_dir = Path(run_dir)
+    new_run_dir(run_dir, cfg)
+    return _run(Path(data_dir), run_dir, cfg, resume=False, callbacks=callbacks)
+
+
+def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
+           callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Continue a run where its last checkpoint stopped: weights, optimizer, epoch, schedule, split."""
+    run_dir = Path(run_dir)
+    return _run(Path(data_dir), run_dir, resumed_config(run_dir, changes), resume=True, callbacks=callbacks)
+
+
+def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) -> dict:
+    state = read_state(run_dir) if resume else {}
+    start_epoch = state.get("epoch", 0)
+    # A resumed run draws new shuffles and augmentations instead of replaying epoch 1's.
+    keras.utils.set_random_seed(cfg.seed + start_epoch)
+    policy = keras.mixed_precision.global_policy()
     if use_mixed_precision(cfg):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    train_records, valid_records, split = data.split_datasets(data_dir, cfg, run_dir)
+    try:
+        return _fit(data_dir, run_dir, cfg, resume, state, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # an export in this process stays float32
+
+
+def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, callbacks) -> dict:
+    start_epoch = state.get("epoch", 0)
+    try:
+        train_records, valid_records, split = data.split_datasets(data_dir, cfg, run_dir, resume=resume)
+    except ValueError as err:
+        raise TrainingError(f"{data_dir}: {err}") from None
     n_valid = sum(split["counts"][str(g)] for g in split["validation"])
     n_train = split["sequences"] - n_valid
     steps = n_train // cfg.batch_size
     if steps < 1:
         raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
-    train_batches = data.training_batches(train_records, cfg, True, cfg.batch_size)
+    train_batches = data.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
+                                          shuffle_buffer=n_train)
     valid_loss_batches = data.training_batches(valid_records, cfg, False, cfg.batch_size)
+    if cfg.eval_max_sequences:  # a fixed random subset, not the first files' signers
+        valid_records = valid_records.shuffle(n_valid, seed=cfg.seed, reshuffle_each_iteration=False).take(
+            cfg.eval_max_sequences)
     eval_batches = data.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
 
     with distribution_strategy().scope():
         model = build_model(cfg, features.feature_dim(cfg.normalization))
         optimizer, schedule = make_optimizer(cfg, steps)
         model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile)
-    state = restore_last(model, run_dir) if resume else {}
-    if schedule is not None and "schedule_total_steps" in state:
-        schedule.total_steps.assign(state["schedule_total_steps"])
-    start_epoch = state.get("epoch", 0)
+        if resume:
+            restore_last(model, run_dir)
+    if schedule is not None and "budget_total_steps" in state:
+        schedule.total_steps.assign(state["budget_total_steps"])
     if start_epoch >= cfg.epochs:
         print(f"{run_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
         return summarize(run_dir, state, model, n_train, n_valid)
@@ -342,14 +384,16 @@ def train(data_dir: Path, run_dir: Path, cfg: Config, resume: bool = False) -> d
           f"(held-out {split['key']}s: {split['validation']}); {model.count_params():,} parameters")
     timer = EpochTimer(cfg.time_budget_minutes * 60, total=state.get("train_seconds", 0.0))
     keeper = RunKeeper(run_dir, cfg, eval_batches, timer, steps, schedule, state)
-    callbacks = [timer, keeper, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False)]
+    callbacks = [timer, keeper, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+                 *(callbacks or [])]
     model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
+              steps_per_epoch=steps, validation_steps=math.ceil(n_valid / cfg.batch_size), shuffle=False,
+              callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
     if keeper.nan_batch is not None:
+        good = state.get("epoch", start_epoch)
         raise TrainingError(
-            f"loss became NaN at epoch {state.get('epoch', start_epoch) + 1}, batch {keeper.nan_batch}: training "
-            f"stopped; the last good checkpoint is {run_dir / CHECKPOINTS / 'last.weights.h5'} "
-            f"(epoch {state.get('epoch', start_epoch)}). Try a lower learning_rate.")
+            f"loss became NaN at epoch {good + 1}, batch {keeper.nan_batch}: training stopped; the last good "
+            f"checkpoint is {run_dir / CHECKPOINTS / 'last.weights.h5'} (epoch {good}). Try a lower learning_rate.")
     return summarize(run_dir, state, model, n_train, n_valid)
 
 

@@ -134,3 +134,47 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+# --- session-wide synthetic data, preprocessed records and a trained, exported model -------------
+
+@pytest.fixture(scope="session")
+def synthetic_small(tmp_path_factory) -> Path:
+    """A small Kaggle-layout synthetic dataset: 2 files x 40 sequences by 6 signers."""
+    from fingerspell.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, files=2, sequences_per_file=40, participants=6, seed=7, supplemental_files=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def preprocessed_small(synthetic_small, tmp_path_factory) -> Path:
+    from fingerspell.preprocessing import PreprocessConfig, preprocess
+
+    out = tmp_path_factory.mktemp("preprocessed")
+    manifest = preprocess(PreprocessConfig(data_dir=synthetic_small, out_dir=out, progress=False))
+    assert manifest["kept"] >= 70 and not manifest["errors"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(preprocessed_small, tmp_path_factory) -> Path:
+    """A small model trained briefly (a few minutes at most): enough to give varied predictions."""
+    from fingerspell.config import Config
+    from fingerspell.training import train
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    cfg = Config(num_hid=64, ff_dim=128, batch_size=16, epochs=12, eval_every=4, show_examples_every=0,
+                 learning_rate=2e-3)
+    train(preprocessed_small, run, cfg)
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> Path:
+    from fingerspell.exporting import export_run
+
+    out = tmp_path_factory.mktemp("submission")
+    export_run(trained_run, out)
+    return out

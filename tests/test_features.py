@@ -116,14 +116,50 @@ def test_augmentations_keep_shapes_and_change_values():
     rng = np.random.default_rng(5)
     points = features.dominant_side(tf.constant(hand_frames(60, "right_hand", rng)))
     tf.random.set_seed(0)
-    out = augment.augment(points, cfg)
-    assert out.shape[1:] == (26, 3)
-    assert 40 <= out.shape[0] <= 80
-    x = features.fit_length(features.normalize(out), cfg.frame_len)
-    assert x.shape == (128, 78) and np.isfinite(x.numpy()).all()
-    rotated = augment.affine(points, 0.0, 30.0, 0.0).numpy()
+    stretched = augment.temporal(points, cfg)
+    assert stretched.shape[1:] == (26, 3) and 40 <= stretched.shape[0] <= 80
+    batch = tf.stack([features.fit_length(stretched, cfg.frame_len, fill=np.nan)] * 2)
+    out = augment.spatial(batch, cfg)
+    assert out.shape == (2, 128, 26, 3)
+    assert not np.allclose(np.nan_to_num(out[0].numpy()), np.nan_to_num(out[1].numpy())), "drawn per sequence"
+    x = features.normalize(out)
+    assert x.shape == (2, 128, 78) and np.isfinite(x.numpy()).all()
+    rotated = augment.affine(points[None], 0.0, 30.0, 0.0)[0].numpy()
     assert not np.allclose(rotated, points.numpy())
     # a rotation keeps distances between points
     d0 = np.linalg.norm(points.numpy()[:, 0, :2] - points.numpy()[:, 8, :2], axis=-1)
     d1 = np.linalg.norm(rotated[:, 0, :2] - rotated[:, 8, :2], axis=-1)
     np.testing.assert_allclose(d0, d1, rtol=1e-4)
+
+
+def test_drop_frames_and_points_blank_with_nan():
+    tf.random.set_seed(1)
+    points = tf.random.uniform([100, 26, 3])
+    dropped = augment.drop_frames(points, 0.3).numpy()
+    assert 40 <= len(dropped) < 100
+    blank = np.isnan(dropped).all(axis=(1, 2))
+    assert np.isnan(dropped).any(axis=(1, 2)).sum() == blank.sum(), "whole frames are blanked"
+    out = augment.drop_points(tf.stack([points] * 8), 0.2).numpy()
+    missing = np.isnan(out).all(axis=(1, 3))  # [B, 26]: a point is blank in every frame
+    assert missing[:, :21].any() and not missing[:, 21:].any(), "only hand points are dropped"
+    assert (np.isnan(out).any(axis=(1, 3)) == missing).all()
+
+
+def test_training_pipeline_matches_the_export_preprocessing_when_augmentation_is_neutral(tmp_path):
+    """The batched training path (augment, then normalise batches) is the export's function in disguise."""
+    from fingerspell import data
+
+    rng = np.random.default_rng(6)
+    sequences = [hand_frames(n, side, rng) for n, side in [(40, "right_hand"), (200, "left_hand"), (90, "right_hand")]]
+    neutral = Config(aug_speed_min=1.0, aug_speed_max=1.0, aug_frame_drop_rate=0.0, aug_scale=0.0,
+                     aug_rotate_degrees=0.0, aug_shift=0.0, aug_point_dropout_rate=0.0)
+    records_ds = tf.data.Dataset.from_generator(
+        lambda: ({"landmarks": s, "phrase": "ab"} for s in sequences),
+        output_signature={"landmarks": tf.TensorSpec([None, 156], tf.float32), "phrase": tf.TensorSpec([], tf.string)})
+    batched = data.training_batches(records_ds, neutral, training=False, batch_size=3)
+    (per_example, _), _ = next(iter(batched))
+    augmenting = data.training_batches(records_ds, neutral, training=True, batch_size=3, shuffle_buffer=1)
+    (frames, _), _ = next(iter(augmenting))
+    expected = np.stack([features.preprocess_frames(tf.constant(s)).numpy() for s in sequences])
+    np.testing.assert_allclose(per_example.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(frames.numpy(), expected, atol=1e-4)

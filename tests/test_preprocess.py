@@ -287,6 +287,10 @@ def test_split_all_writes_both_splits(tmp_path):
     assert records.shard_paths(out) == [out / "supplemental" / "2.tfrecord", out / "train" / "1.tfrecord"]
     assert sorted(read_all(out)) == [10, 20]
     assert sorted(read_all(out, split="train")) == [10]
+    # A later run of one split into the same folder: training reads what its manifest lists, not stale shards.
+    preprocess(PreprocessConfig(data, out, split="train", workers=1, progress=False))
+    assert (out / "supplemental" / "2.tfrecord").exists()
+    assert records.shard_paths(out) == [out / "train" / "1.tfrecord"]
 
 
 # --- interruption ---------------------------------------------------------------------------
@@ -328,6 +332,9 @@ def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path
     _wait_until_unlocked(out / preprocessing.LOCK_NAME)  # killed workers may take a moment to exit
     assert list(out.glob(".tmp-*.tfrecord")), "the kill should have caught a shard being written"
     assert not (out / "manifest.json").exists()
+    finished = list((out / "train").glob("*.tfrecord"))
+    if finished:  # training on the killed run's folder reads only finished shards, never the temporaries
+        assert records.shard_paths(out) == sorted(finished)
     for shard in (out / "train").glob("*.tfrecord"):  # finished before the kill: complete, with its JSON
         info = json.loads(shard.with_suffix(".json").read_text())
         assert sum(1 for _ in records.load_dataset([shard])) == info["result"]["kept"] == 12

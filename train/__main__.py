@@ -27,21 +27,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     cfg = Config.load(args.config) if args.config else Config()
+    return cfg.override(cli_overrides(args))
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"epochs={args.epochs}")
     if args.batch_size is not None:
         overrides.append(f"batch_size={args.batch_size}")
-    return cfg.override(overrides)
+    return overrides
+
+
+def resume_changes(args: argparse.Namespace) -> dict:
+    """What a --resume asks to change (only more epochs or more time are allowed)."""
+    if args.config:
+        raise ConfigError("--resume continues with the run's saved config.json; --config cannot be given")
+    changed = Config().override(cli_overrides(args)).to_dict()
+    keys = {item.partition("=")[0].strip().replace("-", "_") for item in cli_overrides(args)}
+    return {key: changed[key] for key in keys}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from fingerspell.records import RecordFormatError
-    from fingerspell.training import TrainingError, train
+    from fingerspell.training import TrainingError, resume, train
 
     try:
-        summary = train(args.data, args.out, resolve_config(args), resume=args.resume)
+        if args.resume:
+            summary = resume(args.data, args.out, resume_changes(args))
+        else:
+            summary = train(args.data, args.out, resolve_config(args))
     except (ConfigError, TrainingError, RecordFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

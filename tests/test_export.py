@@ -1,0 +1,193 @@
+"""Export: the TFLite submission's format, weights, parity with Keras, robustness; predict and evaluate."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fingerspell import features, metric, records, schema, vocab
+from fingerspell.schema import SELECTED_COLUMNS
+from fingerspell.config import Config
+from fingerspell.exporting import ExportError, convert, export_run, write_submission
+from fingerspell.predict import TFLitePredictor
+from fingerspell.training import load_trained_model
+
+COL = {name: i for i, name in enumerate(schema.SELECTED_COLUMNS)}
+
+
+def validation_sequences(preprocessed, run, limit=40):
+    """(frames [T, 156], phrase) of the run's held-out participants."""
+    split = json.loads((run / "split.json").read_text())
+    out = []
+    for record in records.load_dataset(preprocessed).as_numpy_iterator():
+        if int(record[split["key"]]) in split["validation"]:
+            out.append((record["landmarks"], record["phrase"].decode()))
+    return out[:limit]
+
+
+def keras_strings(model, cfg, sequences):
+    frames = tf.stack([features.model_input(tf.constant(f), cfg.frame_len, cfg.normalization) for f, _ in sequences])
+    return [vocab.decode(row) for row in model.generate(frames).numpy()]
+
+
+def test_submission_layout(exported):
+    with zipfile.ZipFile(exported / "submission.zip") as archive:
+        assert sorted(archive.namelist()) == ["inference_args.json", "model.tflite"]
+        args = json.loads(archive.read("inference_args.json"))
+        assert archive.read("model.tflite") == (exported / "model.tflite").read_bytes()
+    assert args == {"selected_columns": list(schema.SELECTED_COLUMNS)}
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(exported / "model.tflite"))
+    signature = interpreter.get_signature_list()
+    assert signature == {"serving_default": {"inputs": ["inputs"], "outputs": ["outputs"]}}
+
+
+def test_weights_are_in_the_file_and_fp32_matches_keras_exactly(exported, trained_run, preprocessed_small):
+    model, cfg = load_trained_model(trained_run)
+    assert (exported / "model.tflite").stat().st_size > 0.9 * 4 * model.count_params()
+    sequences = validation_sequences(preprocessed_small, trained_run)
+    expected = keras_strings(model, cfg, sequences)
+    predictor = TFLitePredictor(exported)
+    got = [predictor(frames) for frames, _ in sequences]
+    assert got == expected
+    assert len(set(got)) > 1, "a trained model gives different strings for different signs"
+    assert metric.score([p for _, p in sequences], got) > 0.0
+
+
+def test_fp16_and_dynamic_quantization_keep_the_score(trained_run, preprocessed_small, tmp_path):
+    sequences = validation_sequences(preprocessed_small, trained_run)
+    targets = [p for _, p in sequences]
+    export_run(trained_run, tmp_path / "fp32")
+    export_run(trained_run, tmp_path / "fp16", quantize="fp16")
+    export_run(trained_run, tmp_path / "dynamic", quantize="dynamic")
+    scores = {name: metric.score(targets, [TFLitePredictor(tmp_path / name)(f) for f, _ in sequences])
+              for name in ("fp32", "fp16", "dynamic")}
+    assert abs(scores["fp16"] - scores["fp32"]) <= 0.01, scores
+    size = {name: (tmp_path / name / "model.tflite").stat().st_size for name in scores}
+    assert size["fp16"] < 0.6 * size["fp32"] and size["dynamic"] < 0.6 * size["fp32"]
+
+
+def test_survives_edge_inputs_and_matches_keras_on_them(exported, trained_run):
+    predictor = TFLitePredictor(exported)
+    model, cfg = load_trained_model(trained_run)
+    rng = np.random.default_rng(0)
+    left_only = rng.uniform(0.3, 0.7, (60, 156)).astype(np.float32)
+    for c in "xyz":
+        for i in range(21):
+            left_only[:, COL[f"{c}_right_hand_{i}"]] = np.nan
+    cases = {"T=0": np.zeros((0, 156), np.float32), "T=1": rng.random((1, 156), dtype=np.float32),
+             "all NaN": np.full((50, 156), np.nan, np.float32), "only the left hand": left_only,
+             "T=1000": rng.random((1000, 156), dtype=np.float32)}
+    for name, frames in cases.items():
+        out = predictor.one_hot(frames)
+        assert out.ndim == 2 and out.shape[1] == 59, name
+        assert out.shape[0] <= vocab.MAX_TARGET_LEN - 1, name
+        assert np.isin(out, (0.0, 1.0)).all(), name
+        assert predictor(frames) == keras_strings(model, cfg, [(frames, "")])[0], name
+
+
+def test_refuses_a_model_over_40_mb(tmp_path):
+    with pytest.raises(ExportError, match="over Kaggle's 40 MB limit; export with --quantize fp16"):
+        write_submission(b"\0" * 40_000_001, tmp_path / "sub")
+    assert not (tmp_path / "sub" / "model.tflite").exists() and not (tmp_path / "sub" / "submission.zip").exists()
+
+
+def test_seed_preprocessing_exports_too(tmp_path):
+    cfg = Config.seed_notebook(num_hid=32, ff_dim=64, key_dim=32)
+    from fingerspell.model import build_model
+
+    model = build_model(cfg, features.SEED_FEATURES)
+    flatbuffer = convert(model, cfg)
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
+    assert runner(inputs=np.random.rand(200, 156).astype(np.float32))["outputs"].shape[1] == 59
+
+
+def run_module(module: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_export_cli(trained_run, tmp_path, subprocess_env):
+    done = run_module("export", "--run", str(trained_run), "--out", str(tmp_path / "sub"), "--checkpoint", "last",
+                      env=subprocess_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["checkpoint"] == "last"
+    assert (tmp_path / "sub" / "submission.zip").exists()
+    missing = run_module("export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"),
+                         env=subprocess_env)
+    assert missing.returncode == 2 and "nothing/config.json: config file not found" in missing.stderr
+
+
+def test_predict_cli_prints_one_line_per_sequence(exported, synthetic_small, subprocess_env):
+    parquet = sorted((synthetic_small / "train_landmarks").glob("*.parquet"))[0]
+    from fingerspell.landmark_io import list_sequence_ids, read_sequences
+
+    ids = list_sequence_ids(parquet)[:3].tolist()
+    done = run_module("fingerspell.predict", str(exported), "--parquet", str(parquet), "--sequence-id",
+                      *map(str, ids), env=subprocess_env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().split("\n")
+    assert [int(line.split("\t")[0]) for line in lines] == ids
+    predictor = TFLitePredictor(exported)
+    frames = read_sequences(parquet, schema.SELECTED_COLUMNS, ids[:1])[ids[0]]
+    assert lines[0].split("\t", 1)[1] == predictor(frames)
+    absent = run_module("fingerspell.predict", str(exported), "--parquet", str(parquet), "--sequence-id", "12345",
+                        env=subprocess_env)
+    assert absent.returncode == 1 and "no sequence(s) [12345]" in absent.stderr
+
+
+def test_evaluate_reports_score_per_type_latency_and_size(exported, synthetic_small, tmp_path, subprocess_env):
+    report_path = tmp_path / "report.json"
+    done = run_module("fingerspell.evaluate", str(exported), "--data-dir", str(synthetic_small), "--limit", "30",
+                      "--report", str(report_path), env=subprocess_env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["sequences"] == 30 and "score (N - D) / N" in done.stdout
+    assert set(report["per_type"]) <= {"address", "url", "phone"} and report["per_type"]
+    assert sum(v["sequences"] for v in report["per_type"].values()) == 30
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"]
+    assert report["model_bytes"] == (exported / "model.tflite").stat().st_size
+    # The score is the metric over the model's own predictions of the CSV phrases.
+    import pandas as pd
+
+    rows = pd.read_csv(synthetic_small / "train.csv", keep_default_na=False).head(30)
+    predictor = TFLitePredictor(exported)
+    from fingerspell.landmark_io import read_sequences
+
+    predictions = []
+    for path, group in rows.groupby("path", sort=False):
+        found = read_sequences(synthetic_small / path, schema.SELECTED_COLUMNS, group.sequence_id.tolist())
+        predictions += [predictor(found[s]) for s in group.sequence_id]
+    assert report["score"] == pytest.approx(metric.score(rows.phrase.tolist(), predictions), abs=1e-4)
+    bad = run_module("fingerspell.evaluate", str(exported), "--data-dir", str(tmp_path), env=subprocess_env)
+    assert bad.returncode == 2 and "train.csv: metadata CSV not found" in bad.stderr
+
+
+def test_select_columns_follows_inference_args_order():
+    from fingerspell.schema import LANDMARK_COLUMNS
+    from fingerspell.transcribe import select_columns
+
+    landmarks = np.arange(2 * 1629, dtype=np.float32).reshape(2, 1629)
+    picked = select_columns(landmarks, list(SELECTED_COLUMNS))
+    assert picked.shape == (2, 156)
+    assert picked[0, 0] == LANDMARK_COLUMNS.index(SELECTED_COLUMNS[0])
+
+
+def test_render_with_a_real_model(exported, synthetic_small, tmp_path):
+    from fingerspell.landmark_io import list_sequence_ids, read_sequences
+    from fingerspell.render import render_from_parquet
+
+    parquet = sorted((synthetic_small / "train_landmarks").glob("*.parquet"))[0]
+    sequence_id = int(list_sequence_ids(parquet)[0])
+    info = render_from_parquet(parquet, sequence_id, tmp_path / "anim.gif", model_dir=exported)
+    frames = read_sequences(parquet, list(SELECTED_COLUMNS), [sequence_id])[sequence_id]
+    assert info["prediction"] == TFLitePredictor(exported)(frames)
+    assert info["phrase"] and (tmp_path / "anim.gif").stat().st_size > 1000

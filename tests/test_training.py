@@ -1,0 +1,192 @@
+"""Training: the tf.data pipeline, the learning proof on 16 sequences, runs, resume and errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fingerspell import data, metric, records, vocab
+from fingerspell.config import Config
+from fingerspell.model import build_model
+from fingerspell.training import (TrainingError, make_generator, make_optimizer, predict_phrases, read_metrics,
+                                  restore_last, resume, train)
+
+TINY = ["num_hid=64", "ff_dim=128", "enc_layers=1", "eval_batch_size=64", "batch_size=16",
+        "jit_compile=false", "show_examples_every=0"]
+
+
+def tiny_config(*overrides: str) -> Config:
+    return Config().override(TINY + list(overrides))
+
+
+def test_training_batches_have_the_model_layout(preprocessed_small):
+    cfg = tiny_config()
+    ds = data.training_batches(records.load_dataset(preprocessed_small), cfg, training=True, batch_size=4)
+    (frames, dec_in), targets = next(iter(ds))
+    assert frames.shape == (4, cfg.frame_len, 78) and np.isfinite(frames.numpy()).all()
+    assert dec_in.shape == targets.shape == (4, cfg.max_target_len - 1)
+    assert (dec_in.numpy()[:, 0] == vocab.START).all()
+    np.testing.assert_array_equal(dec_in.numpy()[:, 1:], targets.numpy()[:, :-1])  # shifted by one
+
+
+def test_tokenize_matches_vocab_encode():
+    table = data._char_table()
+    phrase = "https://www.keainfo.gr"
+    np.testing.assert_array_equal(data.tokenize(tf.constant(phrase), table, 64).numpy(), vocab.encode(phrase))
+
+
+def test_validation_split_holds_out_whole_participants(preprocessed_small, tmp_path):
+    cfg = tiny_config()
+    train_ds, valid_ds, split = data.split_datasets(preprocessed_small, cfg, tmp_path)
+    train_ids = {int(r["participant_id"]) for r in train_ds.as_numpy_iterator()}
+    valid_ids = {int(r["participant_id"]) for r in valid_ds.as_numpy_iterator()}
+    assert valid_ids == set(split["validation"]) and train_ids and not train_ids & valid_ids
+    assert json.loads((tmp_path / "split.json").read_text())["validation"] == split["validation"]
+    by_file = data.choose_validation({1: 10, 2: 10, 3: 10}, 0.3, seed=0)
+    assert len(by_file) == 1
+
+
+def test_overfits_16_sequences(preprocessed_small):
+    """The proof CI keeps: the default model learns 16 sequences to a score >= 0.9."""
+    cfg = Config(dropout=0.0, aug_speed=False, aug_affine=False, aug_frame_drop=False, aug_point_dropout=False,
+                 lr_schedule="constant", learning_rate=1e-3, weight_decay=0.0)
+    keras.utils.set_random_seed(0)
+    sixteen = records.load_dataset(preprocessed_small).take(16).cache()
+    batches = data.training_batches(sixteen, cfg, training=True, batch_size=16)
+    model = build_model(cfg, 78)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), jit_compile=True)
+    generate = make_generator(model)
+    evaluation = data.evaluation_batches(sixteen, cfg, 16)
+    score = -1.0
+    for _ in range(6):
+        model.fit(batches, steps_per_epoch=60, epochs=1, verbose=0)
+        targets, predictions = predict_phrases(generate, evaluation)
+        score = metric.score(targets, predictions)
+        if score >= 0.9:
+            break
+    assert len(targets) == 16
+    assert score >= 0.9, list(zip(targets, predictions))[:4]
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stops a run after `epochs` epochs, as an interruption would."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
+def test_run_directory_and_exact_resume(preprocessed_small, tmp_path):
+    cfg = tiny_config("epochs=4", "eval_every=1")
+    continuous = train(preprocessed_small, tmp_path / "continuous", cfg)
+    run = tmp_path / "run"
+    summary = train(preprocessed_small, run, cfg, callbacks=[StopAfter(2)])
+    assert summary["epochs"] == 2 and summary["best_score"] is not None
+    for name in ("config.json", "character_to_prediction_index.json", "split.json", "metrics.csv", "curves.png",
+                 "summary.json", "checkpoints/last.weights.h5", "checkpoints/best.weights.h5",
+                 "checkpoints/state.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert Config.load(run / "config.json") == cfg
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    steps = summary["train_sequences"] // cfg.batch_size
+
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(preprocessed_small, run, cfg)
+
+    # --resume restores the weights and the optimizer state exactly...
+    restored = build_model(cfg, 78)
+    restored.compile(optimizer=make_optimizer(cfg, steps)[0])
+    assert restore_last(restored, run) == state
+    assert int(restored.optimizer.iterations.numpy()) == 2 * steps
+    moments = [v.numpy() for v in restored.optimizer.variables if "momentum" in v.path]
+    assert moments and all(np.abs(m).sum() > 0 for m in moments[:3])
+    # ...and continues the epochs and the learning-rate schedule of the uninterrupted run.
+    resumed = resume(preprocessed_small, run)
+    assert resumed["epochs"] == 4
+    rates = [float(r["learning_rate"]) for r in read_metrics(run)]
+    expected = [float(r["learning_rate"]) for r in read_metrics(tmp_path / "continuous")]
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2, 3, 4]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert rates[3] < rates[1]
+    assert continuous["epochs"] == 4
+    # A resumed run keeps its config: only more epochs or more time may be asked for.
+    with pytest.raises(TrainingError, match="only .*epochs.* may change, not \\['num_hid'\\]"):
+        resume(preprocessed_small, run, {"num_hid": 128})
+    assert resume(preprocessed_small, run, {"epochs": 5})["epochs"] == 5
+
+
+def test_time_budget_stops_the_run_and_fits_the_schedule(preprocessed_small, tmp_path):
+    run = tmp_path / "run"
+    summary = train(preprocessed_small, run, tiny_config("epochs=1000", "time_budget_minutes=0.3", "eval_every=50"))
+    assert 2 <= summary["epochs"] < 1000 and summary["best_score"] is not None  # scored when the budget ends
+    assert summary["train_seconds"] < 0.3 * 60 + 15
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    steps = summary["train_sequences"] // 16
+    assert state["budget_total_steps"] < 1000 * steps  # the cosine decay ends near the budget
+
+
+def test_validation_split_by_file(preprocessed_small, tmp_path):
+    train_ds, valid_ds, split = data.split_datasets(preprocessed_small, tiny_config("val_split=file"), tmp_path)
+    assert split["key"] == "file_id" and len(split["validation"]) == 1
+    assert {int(r["file_id"]) for r in valid_ds.as_numpy_iterator()} == set(split["validation"])
+    assert not {int(r["file_id"]) for r in train_ds.as_numpy_iterator()} & set(split["validation"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(preprocessed_small, tmp_path):
+    run = tmp_path / "run"
+    train(preprocessed_small, run, tiny_config("epochs=1", "clipnorm=0"))
+    last = (run / "checkpoints" / "last.weights.h5").read_bytes()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(learning_rate=1e35)  # a user's edit that diverges
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(TrainingError, match="NaN .* last good checkpoint"):
+        resume(preprocessed_small, run, {"epochs": 3})
+    assert (run / "checkpoints" / "last.weights.h5").read_bytes() == last
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 1
+
+
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_cli_errors_are_clear(preprocessed_small, tmp_path, subprocess_env):
+    missing = run_cli("--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), env=subprocess_env)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), env=subprocess_env)
+    assert empty.returncode == 2 and "no .tfrecord shards" in empty.stderr
+    unknown = run_cli("--data", str(preprocessed_small), "--out", str(tmp_path / "r"), "num_hidden=3",
+                      env=subprocess_env)
+    assert unknown.returncode == 2 and "unknown config key 'num_hidden'" in unknown.stderr
+    bad_file = tmp_path / "cfg.json"
+    bad_file.write_text("{not json")
+    bad = run_cli("--data", str(preprocessed_small), "--out", str(tmp_path / "r"), "--config", str(bad_file),
+                  env=subprocess_env)
+    assert bad.returncode == 2 and "cfg.json: not valid JSON" in bad.stderr
+
+
+def test_records_of_another_layout_are_refused(tmp_path):
+    from fingerspell.records import RecordFormatError, ShardWriter, serialize_sequence
+
+    (tmp_path / "train").mkdir()
+    with ShardWriter(tmp_path / "train" / "1.tfrecord") as writer:
+        writer.write(serialize_sequence(np.zeros((5, 156), np.float32), "ab", 1, 1, 1))
+    # A shard from another column selection: patch n_columns in a valid record's bytes.
+    good = serialize_sequence(np.zeros((4, 156), np.float32), "ab", 3, 1, 1)
+    example = tf.train.Example.FromString(good)
+    example.features.feature["n_columns"].int64_list.value[:] = [120]
+    with ShardWriter(tmp_path / "train" / "2.tfrecord") as writer:
+        writer.write(example.SerializeToString())
+    with pytest.raises(RecordFormatError, match="2.tfrecord"):
+        data.split_datasets(tmp_path, tiny_config())

@@ -1,0 +1,44 @@
+"""Real recordings through an exported model: transcribe a video, render with a prediction."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fingerspell.predict import TFLitePredictor
+from fingerspell.schema import SELECTED_COLUMNS
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+VIDEO = REAL / "signer_selfie.mp4"
+POSE = REAL / "0ff215ef4f1f111e217e2cefee0adc77.pose"
+pytestmark = pytest.mark.skipif(not VIDEO.exists(), reason=f"real test recordings not found in {REAL}")
+
+
+def test_transcribe_video_prints_the_models_text(exported, subprocess_env):
+    done = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(VIDEO), "--model", str(exported),
+                           "--quiet"], capture_output=True, text=True, env=subprocess_env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    from fingerspell.extract import landmarks_from_video
+    from fingerspell.transcribe import select_columns
+
+    predictor = TFLitePredictor(exported)
+    landmarks = landmarks_from_video(VIDEO, progress=False)
+    assert landmarks.shape == (58, 1629)
+    assert done.stdout == predictor(select_columns(landmarks, predictor.selected_columns)) + "\n"
+
+
+def test_transcribe_pose_file_and_errors(exported, tmp_path, subprocess_env):
+    from fingerspell.transcribe import transcribe
+
+    assert isinstance(transcribe(POSE, exported, progress=False), str)
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    done = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(not_video), "--model", str(exported)],
+                          capture_output=True, text=True, env=subprocess_env, timeout=600)
+    assert done.returncode == 2 and "notes.mp4" in done.stderr and done.stdout == ""
+    no_model = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(VIDEO), "--model", str(tmp_path)],
+                              capture_output=True, text=True, env=subprocess_env, timeout=600)
+    assert no_model.returncode == 2 and "model.tflite: not found" in no_model.stderr
