@@ -55,7 +55,7 @@ class Config:
     cache: bool = True  # keep decoded records in memory across epochs (turn off for the full dataset)
 
     # Validation and logging
-    eval_every: int = 1  # epochs between greedy-decoded validation scores
+    eval_every: int = 1  # epochs between validation (loss and greedy-decoded score) and the curves
     eval_batch_size: int = 256
     eval_max_sequences: int = 0  # 0 -> the whole validation split
     show_examples_every: int = 5  # epochs between printed target/prediction pairs

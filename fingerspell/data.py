@@ -47,13 +47,27 @@ def choose_validation(groups: dict[int, int], fraction: float, seed: int) -> lis
     return sorted(chosen)
 
 
-def group_counts(shards: list[Path], key: str) -> dict[int, int]:
-    """Sequences per participant_id or file_id, parsing only that field."""
-    spec = {key: tf.io.FixedLenFeature([], tf.int64)}
-    ds = tf.data.TFRecordDataset([str(p) for p in shards]).map(
-        lambda r: tf.io.parse_single_example(r, spec)[key], num_parallel_calls=AUTOTUNE)
-    ids, counts = np.unique(np.fromiter(ds.batch(4096).unbatch().as_numpy_iterator(), dtype=np.int64),
-                            return_counts=True)
+def scan_records(shards: list[Path], key: str, max_phrase_len: int) -> dict[int, int]:
+    """Sequences per participant_id or file_id, parsing only the ids and phrases.
+
+    Also checks, before training starts, that every phrase fits the target length
+    (a longer one would otherwise stop training mid-epoch).
+    """
+    spec = {key: tf.io.FixedLenFeature([], tf.int64), records.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.int64),
+            records.PHRASE: tf.io.FixedLenFeature([], tf.string)}
+
+    def fields(record):
+        parsed = tf.io.parse_single_example(record, spec)
+        return parsed[key], parsed[records.SEQUENCE_ID], tf.strings.length(parsed[records.PHRASE])
+
+    ds = tf.data.TFRecordDataset([str(p) for p in shards]).map(fields, num_parallel_calls=AUTOTUNE).batch(4096)
+    groups, sequence_ids, lengths = (np.concatenate(part) if part else np.zeros(0, np.int64)
+                                     for part in zip(*ds.as_numpy_iterator()))
+    if len(lengths) and lengths.max() > max_phrase_len:
+        worst = int(np.argmax(lengths))
+        raise ValueError(f"sequence {int(sequence_ids[worst])} has a phrase of {int(lengths[worst])} characters, "
+                         f"longer than max_target_len - 2 = {max_phrase_len}; raise max_target_len")
+    ids, counts = np.unique(groups, return_counts=True)
     return {int(i): int(c) for i, c in zip(ids, counts)}
 
 
@@ -71,7 +85,7 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
                              f"(see {path}); resume with the same --data")
         return split
     key = "participant_id" if cfg.val_split == "participant" else "file_id"
-    groups = group_counts(shards, key)
+    groups = scan_records(shards, key, cfg.max_target_len - 2)
     split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
              "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}, "shards": names}
     if path:
@@ -126,7 +140,23 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
     ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=training)
     if augmenting:
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return ds.map(trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+TRIM_STEP = 16  # decoder lengths come in multiples of this: a handful of shapes for XLA to compile
+
+
+def trim_padding(inputs, targets):
+    """Drop the target positions that are padding in the whole batch.
+
+    Phrases are at most 31 characters, yet targets are padded to 63 positions: the
+    decoder would spend half its work on padding. The loss is masked and the decoder
+    causal, so cutting columns that are PAD in every row changes no logit or loss value.
+    """
+    frames, dec_in = inputs
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(targets, vocab.PAD), tf.int32), axis=1))
+    width = tf.minimum((longest + TRIM_STEP - 1) // TRIM_STEP * TRIM_STEP, tf.shape(targets)[1])
+    return (frames, dec_in[:, :width]), targets[:, :width]
 
 
 def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int) -> tf.data.Dataset:

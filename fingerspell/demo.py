@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     t = step(f"3/5 train for {args.minutes:g} minutes (python -m train)")
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = Config(epochs=40, time_budget_minutes=args.minutes, eval_every=5, show_examples_every=10)
+    cfg = Config(epochs=1000, time_budget_minutes=args.minutes, eval_every=5, show_examples_every=10)
     summary = train(work / "preprocessed", run_dir, cfg)
     print(json.dumps(summary, indent=2))
 

@@ -42,7 +42,7 @@ SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
 SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
 
-# Feature keys. Readers elsewhere (e.g. data.group_counts) use these names too.
+# Feature keys. Readers elsewhere (e.g. data.scan_records) use these names too.
 LANDMARKS = "landmarks"
 N_FRAMES = "n_frames"
 N_COLUMNS = "n_columns"

@@ -205,7 +205,8 @@ class RunKeeper(keras.callbacks.Callback):
                "train_seconds": round(self.timer.epoch_seconds, 2),
                "train_sequences_per_second": round(self.sequences_seen / max(self.timer.epoch_seconds, 1e-9), 1)}
         last_epoch = epoch + 1 >= self.cfg.epochs or self.model.stop_training
-        if (epoch + 1) % self.cfg.eval_every == 0 or last_epoch:
+        scoring = (epoch + 1) % self.cfg.eval_every == 0 or last_epoch
+        if scoring:
             row.update(self._score(epoch))
             logs["val_score"] = row["val_score"]
         self.epochs_this_session += 1
@@ -213,7 +214,8 @@ class RunKeeper(keras.callbacks.Callback):
         self.state.update(epoch=epoch + 1, train_seconds=round(self.timer.total, 2))
         save_last(self.model, self.run_dir, self.state)
         append_metrics(self.run_dir, row)
-        plot_curves(self.run_dir)
+        if scoring:
+            plot_curves(self.run_dir)
 
     def fit_schedule_to_budget(self) -> None:
         """With a time budget, end the cosine decay where the budget is expected to end.
@@ -388,7 +390,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, 
                  *(callbacks or [])]
     model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
               steps_per_epoch=steps, validation_steps=math.ceil(n_valid / cfg.batch_size), shuffle=False,
-              callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
+              validation_freq=cfg.eval_every, callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
     if keeper.nan_batch is not None:
         good = state.get("epoch", start_epoch)
         raise TrainingError(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fingerspell import data, metric, records, vocab
+from fingerspell import data, features, metric, records, vocab
 from fingerspell.config import Config
 from fingerspell.model import build_model
 from fingerspell.training import (TrainingError, make_generator, make_optimizer, predict_phrases, read_metrics,
@@ -29,7 +29,7 @@ def test_training_batches_have_the_model_layout(preprocessed_small):
     ds = data.training_batches(records.load_dataset(preprocessed_small), cfg, training=True, batch_size=4)
     (frames, dec_in), targets = next(iter(ds))
     assert frames.shape == (4, cfg.frame_len, 78) and np.isfinite(frames.numpy()).all()
-    assert dec_in.shape == targets.shape == (4, cfg.max_target_len - 1)
+    assert dec_in.shape == targets.shape and dec_in.shape[0] == 4  # trimmed to the longest phrase
     assert (dec_in.numpy()[:, 0] == vocab.START).all()
     np.testing.assert_array_equal(dec_in.numpy()[:, 1:], targets.numpy()[:, :-1])  # shifted by one
 
@@ -190,3 +190,28 @@ def test_records_of_another_layout_are_refused(tmp_path):
         writer.write(example.SerializeToString())
     with pytest.raises(RecordFormatError, match="2.tfrecord"):
         data.split_datasets(tmp_path, tiny_config())
+
+
+def test_a_phrase_longer_than_the_targets_is_refused_before_training(preprocessed_small, tmp_path):
+    with pytest.raises(TrainingError, match=r"sequence \d+ has a phrase of \d+ characters, longer than "
+                                            r"max_target_len - 2 = 6; raise max_target_len"):
+        train(preprocessed_small, tmp_path / "run", tiny_config("max_target_len=8"))
+
+
+def test_trimming_padding_columns_changes_no_loss(preprocessed_small):
+    cfg = tiny_config()
+    table = data._char_table()
+    recs = list(records.load_dataset(preprocessed_small).take(8))
+    frames = tf.stack([features.model_input(r["landmarks"], cfg.frame_len, cfg.normalization) for r in recs])
+    tokens = tf.stack([data.tokenize(r["phrase"], table, cfg.max_target_len) for r in recs])
+    dec_in, targets = tokens[:, :-1], tokens[:, 1:]
+    (_, short_in), short_targets = data.trim_padding((frames, dec_in), targets)
+    width = short_targets.shape[1]
+    assert width % data.TRIM_STEP == 0 and width < targets.shape[1]
+    assert (targets.numpy()[:, width:] == vocab.PAD).all()
+    model = build_model(cfg, 78)
+    full = float(model.masked_loss(targets, model((frames, dec_in))))
+    trimmed = float(model.masked_loss(short_targets, model((frames, short_in))))
+    assert trimmed == pytest.approx(full, rel=1e-5)
+    (_, batch_in), _ = next(iter(data.training_batches(records.load_dataset(preprocessed_small), cfg, True, 8)))
+    assert batch_in.shape[1] % data.TRIM_STEP == 0 and batch_in.shape[1] < cfg.max_target_len - 1
