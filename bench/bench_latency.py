@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from fingerspell import features, schema, vocab  # noqa: E402
 from fingerspell.config import Config  # noqa: E402
-from fingerspell.evaluate import read_split  # noqa: E402
+from fingerspell.preprocessing import load_metadata  # noqa: E402
 from fingerspell.landmark_io import read_sequences  # noqa: E402
 from fingerspell.model import FingerspellTransformer, build_model  # noqa: E402
 
@@ -82,11 +82,15 @@ def latencies(model_path: Path, sequences: list[np.ndarray], threads: int) -> np
 
 
 def load_sequences(data_dir: Path, n: int) -> list[np.ndarray]:
-    rows = read_split(data_dir, "train", n)
+    """The first `n` sequences of the dataset's train split, raw [T, 156] as the grader sends them."""
+    meta = load_metadata(data_dir, "train")
+    wanted: dict[str, list[int]] = {}
+    for parquet, sequence_id in list(zip(meta.parquets, meta.sequence_ids.tolist()))[:n]:
+        wanted.setdefault(parquet, []).append(sequence_id)
     out = []
-    for path, group in rows.groupby("path", sort=False):
-        found = read_sequences(data_dir / path, schema.SELECTED_COLUMNS, group.sequence_id.tolist())
-        out += [found[s] for s in group.sequence_id if s in found]
+    for parquet, ids in wanted.items():
+        found = read_sequences(parquet, schema.SELECTED_COLUMNS, ids)
+        out += [found[s] for s in ids if s in found]
     return out
 
 
