@@ -158,7 +158,6 @@ class EpochTimer(keras.callbacks.Callback):
         self.budget_seconds = budget_seconds
         self.total = total
         self.epoch_seconds = 0.0
-        self.exhausted = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -166,7 +165,6 @@ class EpochTimer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.epoch_seconds = time.perf_counter() - self._start
         if self.budget_seconds and self.total + self.epoch_seconds > self.budget_seconds:
-            self.exhausted = True
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

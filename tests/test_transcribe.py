@@ -5,11 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fingerspell.predict import TFLitePredictor
-from fingerspell.schema import SELECTED_COLUMNS
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 VIDEO = REAL / "signer_selfie.mp4"
