@@ -53,6 +53,7 @@ class Config:
     jit_compile: bool = True  # XLA; Keras 3 leaves it off on CPU, it trains ~1.6x faster here
     mixed_precision: str = "auto"  # "auto" (on with a GPU), "on", "off"
     cache: bool = True  # keep decoded records in memory across epochs (turn off for the full dataset)
+    trim_padding: bool = True  # drop target columns that are padding in the whole batch (same loss, less work)
 
     # Validation and logging
     eval_every: int = 1  # epochs between validation (loss and greedy-decoded score) and the curves
@@ -169,7 +170,7 @@ class Config:
         seed = dict(
             normalization="seed", key_dim=200, learning_rate=1e-4, lr_schedule="constant",
             warmup_epochs=0.0, weight_decay=0.0, clipnorm=0.0, aug_speed=False, aug_affine=False,
-            aug_frame_drop=False, aug_point_dropout=False,
+            aug_frame_drop=False, aug_point_dropout=False, trim_padding=False,
         )
         seed.update(changes)
         return cls(**seed).validate()

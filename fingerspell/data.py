@@ -140,7 +140,9 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
     ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=training)
     if augmenting:
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
-    return ds.map(trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    if cfg.trim_padding:
+        ds = ds.map(trim_padding, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 TRIM_STEP = 16  # decoder lengths come in multiples of this: a handful of shapes for XLA to compile

@@ -215,3 +215,10 @@ def test_trimming_padding_columns_changes_no_loss(preprocessed_small):
     assert trimmed == pytest.approx(full, rel=1e-5)
     (_, batch_in), _ = next(iter(data.training_batches(records.load_dataset(preprocessed_small), cfg, True, 8)))
     assert batch_in.shape[1] % data.TRIM_STEP == 0 and batch_in.shape[1] < cfg.max_target_len - 1
+
+
+def test_the_seed_recipe_keeps_full_width_targets(preprocessed_small):
+    cfg = Config.seed_notebook()
+    assert not cfg.trim_padding  # the seed notebook always decodes 63 positions
+    (_, dec_in), targets = next(iter(data.training_batches(records.load_dataset(preprocessed_small), cfg, True, 4)))
+    assert dec_in.shape[1] == targets.shape[1] == cfg.max_target_len - 1
