@@ -23,11 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 import tensorflow as tf  # noqa: E402
 
-from fingerspell import features, schema, vocab  # noqa: E402
+from bench.seed_recipe import SEED_FEATURES, seed_config, seed_preprocess_frames  # noqa: E402
+from fingerspell import features
+from fingerspell.data import schema, vocab  # noqa: E402
 from fingerspell.config import Config  # noqa: E402
-from fingerspell.preprocessing import load_metadata  # noqa: E402
-from fingerspell.landmark_io import read_sequences  # noqa: E402
-from fingerspell.model import FingerspellTransformer, build_model  # noqa: E402
+from fingerspell.data.metadata import load_metadata  # noqa: E402
+from fingerspell.data.parquet import read_sequences  # noqa: E402
+from fingerspell.model.transformer import FingerspellTransformer, build_model  # noqa: E402
 
 
 class SeedInference(tf.Module):
@@ -40,7 +42,7 @@ class SeedInference(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, schema.N_SELECTED_COLUMNS], tf.float32, name="inputs")])
     def serve(self, inputs):
-        frames = features.seed_preprocess_frames(inputs, self.cfg.frame_len)[None]
+        frames = seed_preprocess_frames(inputs, self.cfg.frame_len)[None]
         encoded = self.model.encode(frames)
         tokens = tf.fill([1, 1], vocab.START)
         for _ in range(self.cfg.max_target_len - 1):  # unrolled, as the seed's Python loop traces
@@ -57,8 +59,8 @@ class SeedInference(tf.Module):
 
 def seed_tflite(out: Path) -> Path:
     """Convert the seed path; its weights are random, which does not change its cost (always 63 steps)."""
-    cfg = Config.seed_notebook()
-    model = build_model(cfg, features.SEED_FEATURES)
+    cfg = seed_config()
+    model = build_model(cfg, SEED_FEATURES)
     module = SeedInference(model, cfg)
     with tempfile.TemporaryDirectory() as saved:
         tf.saved_model.save(module, saved, signatures={"serving_default": module.serve.get_concrete_function()})

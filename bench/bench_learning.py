@@ -22,12 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.seed_recipe import seed_config  # noqa: E402
 from fingerspell.config import Config  # noqa: E402
 
 
 def ensure_dataset(workdir: Path, sequences: int, participants: int, seed: int) -> Path:
-    from fingerspell.preprocessing import PreprocessConfig, preprocess
-    from fingerspell.synth import generate_dataset
+    from fingerspell.data.convert import PreprocessConfig, preprocess
+    from fingerspell.synth.generator import generate_dataset
 
     raw, pre = workdir / "dataset", workdir / "preprocessed"
     if not (raw / "train.csv").exists():
@@ -41,7 +42,7 @@ def ensure_dataset(workdir: Path, sequences: int, participants: int, seed: int) 
 
 def run(name: str, cfg: Config, data: Path, workdir: Path, minutes: float) -> dict:
     """Train one recipe until its time budget ends (the cosine decay is fitted to the budget)."""
-    from fingerspell.training import train
+    from fingerspell.training.trainer import train
 
     cfg = Config.from_dict({**cfg.to_dict(), "epochs": 1000, "time_budget_minutes": minutes, "eval_every": 2,
                             "show_examples_every": 10})
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_dataset(args.workdir, args.sequences, args.participants, args.seed)
-    recipes = {"ours": Config(), "seed": Config.seed_notebook(jit_compile=False)}
+    recipes = {"ours": Config(), "seed": seed_config(jit_compile=False)}
     for name, cfg in recipes.items():
         if not args.only or name == args.only:
             print(json.dumps(run(name, cfg, data, args.workdir, args.minutes), indent=2))

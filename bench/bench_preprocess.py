@@ -40,8 +40,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from fingerspell.preprocessing import LEFT_HAND_COLUMNS, RIGHT_HAND_COLUMNS  # noqa: E402
-from fingerspell.schema import INDEX_COLUMN, SELECTED_COLUMNS  # noqa: E402
+from fingerspell.data.schema import INDEX_COLUMN, SELECTED_COLUMNS  # noqa: E402
+from fingerspell.data.schema import SELECTED_LEFT_HAND_COLUMNS as LEFT_HAND_COLUMNS  # noqa: E402
+from fingerspell.data.schema import SELECTED_RIGHT_HAND_COLUMNS as RIGHT_HAND_COLUMNS  # noqa: E402
 
 N_FILES = 4
 
@@ -50,7 +51,7 @@ N_FILES = 4
 
 def generate(data_dir: Path, sequences: int) -> str:
     """Write the benchmark dataset with fingerspell.synth; return which generator made it."""
-    from fingerspell.synth import generate_dataset
+    from fingerspell.synth.generator import generate_dataset
 
     generate_dataset(data_dir, files=N_FILES, sequences_per_file=math.ceil(sequences / N_FILES), seed=0,
                      supplemental_files=0)

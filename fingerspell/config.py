@@ -8,72 +8,81 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from fingerspell.files import atomic_write
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit `Config`."""
 
 
+def _option(default: Any, help: str) -> Any:
+    """A field with its one-line meaning, kept beside the default so `--help` cannot drift."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
+    """Every setting of a training run; each field's `help` is shown by `fingerspell train --help`."""
+
     # Frames and targets
-    frame_len: int = 128  # frames per sequence after resampling / padding
-    max_target_len: int = 64  # `<` + phrase + `>`, padded with PAD
-    normalization: str = "hand"  # "hand" (ours, see features.py) or "seed" (the seed notebook's)
+    frame_len: int = _option(128, "frames per sequence after resampling / padding")
+    max_target_len: int = _option(64, "target tokens: `<` + phrase + `>`, padded with PAD")
+    normalization: str = _option("hand", "frame preprocessing (features/frames.py); benchmarks may register others")
 
     # Validation split
-    val_split: str = "participant"  # "participant" (held-out signers) or "file"
-    val_fraction: float = 0.1
-    seed: int = 0
+    val_split: str = _option("participant", '"participant" (hold out whole signers) or "file"')
+    val_fraction: float = _option(0.1, "share of the sequences held out for validation, in whole groups")
+    seed: int = _option(0, "seed of the split, shuffling, augmentation and initial weights")
 
     # Model: defaults equal the seed notebook's sizes so comparisons are fair
-    num_hid: int = 200
-    num_heads: int = 4
-    ff_dim: int = 400
-    enc_layers: int = 2
-    dec_layers: int = 1
-    conv_layers: int = 3
-    conv_kernel: int = 11
-    conv_stride: int = 2
-    key_dim: int = 0  # 0 -> num_hid // num_heads; the seed uses num_hid
-    dropout: float = 0.1
+    num_hid: int = _option(200, "model width (embedding and attention)")
+    num_heads: int = _option(4, "attention heads")
+    ff_dim: int = _option(400, "feed-forward width of each transformer layer")
+    enc_layers: int = _option(2, "encoder layers")
+    dec_layers: int = _option(1, "decoder layers")
+    conv_layers: int = _option(3, "strided Conv1D layers of the frame embedding")
+    conv_kernel: int = _option(11, "Conv1D kernel size, in frames")
+    conv_stride: int = _option(2, "Conv1D stride; frame_len must be divisible by conv_stride**conv_layers")
+    key_dim: int = _option(0, "attention key size; 0 -> num_hid // num_heads (the seed uses num_hid)")
+    dropout: float = _option(0.1, "dropout rate of the transformer layers")
 
     # Optimisation
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"  # "cosine" (linear warmup, cosine decay) or "constant"
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
-    clipnorm: float = 1.0
-    label_smoothing: float = 0.1
-    jit_compile: bool = True  # XLA; Keras 3 leaves it off on CPU, it trains ~1.6x faster here
-    mixed_precision: str = "auto"  # "auto" (on with a GPU), "on", "off"
-    cache: bool = True  # keep decoded records in memory across epochs (turn off for the full dataset)
-    trim_padding: bool = True  # drop target columns that are padding in the whole batch (same loss, less work)
+    epochs: int = _option(30, "training epochs (at most: time_budget_minutes may stop earlier)")
+    batch_size: int = _option(64, "sequences per training batch")
+    learning_rate: float = _option(1e-3, "peak learning rate")
+    lr_schedule: str = _option("cosine", '"cosine" (linear warmup, cosine decay) or "constant"')
+    warmup_epochs: float = _option(1.0, "epochs of linear warmup (cosine schedule)")
+    weight_decay: float = _option(1e-4, "AdamW weight decay; 0 -> Adam")
+    clipnorm: float = _option(1.0, "gradient norm clipping; 0 -> off")
+    label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy")
+    jit_compile: bool = _option(True, "XLA; Keras 3 leaves it off on CPU, it trains ~1.6x faster here")
+    mixed_precision: str = _option("auto", '"auto" (on with a GPU), "on", "off"')
+    cache: bool = _option(True, "keep decoded records in memory across epochs (turn off for the full dataset)")
+    trim_padding: bool = _option(True, "drop target columns that are padding in the whole batch (same loss, less work)")
 
     # Validation and logging
-    eval_every: int = 1  # epochs between validation (loss and greedy-decoded score) and the curves
-    eval_batch_size: int = 256
-    eval_max_sequences: int = 0  # 0 -> the whole validation split
-    show_examples_every: int = 5  # epochs between printed target/prediction pairs
-    time_budget_minutes: float = 0.0  # 0 -> no limit; else stop after the epoch that passes it
+    eval_every: int = _option(1, "epochs between validation (loss and greedy-decoded score) and the curves")
+    eval_batch_size: int = _option(256, "sequences per batch of greedy-decoded validation")
+    eval_max_sequences: int = _option(0, "validation sequences scored; 0 -> the whole validation split")
+    show_examples_every: int = _option(5, "epochs between logged target/prediction pairs; 0 -> never")
+    time_budget_minutes: float = _option(0.0, "0 -> no limit; else stop after the epoch that passes it")
 
     # Augmentation (training only)
-    aug_speed: bool = True  # temporal resampling
-    aug_speed_min: float = 0.8
-    aug_speed_max: float = 1.2
-    aug_affine: bool = True  # scale, rotation, shift
-    aug_scale: float = 0.15
-    aug_rotate_degrees: float = 15.0
-    aug_shift: float = 0.05
-    aug_frame_drop: bool = True  # drop random frames, mask a random span
-    aug_frame_drop_rate: float = 0.1
-    aug_point_dropout: bool = True  # drop fingers / single points
-    aug_point_dropout_rate: float = 0.05
+    aug_speed: bool = _option(True, "temporal resampling")
+    aug_speed_min: float = _option(0.8, "slowest speed factor")
+    aug_speed_max: float = _option(1.2, "fastest speed factor")
+    aug_affine: bool = _option(True, "scale, rotation, shift")
+    aug_scale: float = _option(0.15, "largest relative scale change")
+    aug_rotate_degrees: float = _option(15.0, "largest rotation in the image plane")
+    aug_shift: float = _option(0.05, "largest shift, in normalised image units")
+    aug_frame_drop: bool = _option(True, "drop random frames, mask a random span")
+    aug_frame_drop_rate: float = _option(0.1, "share of frames dropped")
+    aug_point_dropout: bool = _option(True, "drop fingers / single points")
+    aug_point_dropout_rate: float = _option(0.05, "chance of dropping each hand point (4x for a whole finger)")
 
     @property
     def attention_key_dim(self) -> int:
@@ -86,7 +95,6 @@ class Config:
             if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
                 raise ConfigError(f"{f.name}={value!r}: expected a {f.type}")
         choices = {
-            "normalization": ("hand", "seed"),
             "val_split": ("participant", "file"),
             "lr_schedule": ("cosine", "constant"),
             "mixed_precision": ("auto", "on", "off"),
@@ -94,10 +102,6 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
-        if self.normalization == "seed" and self.augmentations():
-            raise ConfigError(
-                f"normalization='seed' reproduces the seed notebook, which has no augmentation; "
-                f"turn off {self.augmentations()}")
         if self.num_hid % self.num_heads:
             raise ConfigError(f"num_hid={self.num_hid} is not divisible by num_heads={self.num_heads}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -127,7 +131,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
@@ -163,17 +167,6 @@ class Config:
                 raise ConfigError(f"override {item!r}: unknown config key {key!r}; known keys: {sorted(types)}")
             values[key] = _parse_value(key, raw.strip(), types[key])
         return Config.from_dict(values, source="overrides")
-
-    @classmethod
-    def seed_notebook(cls, **changes: Any) -> "Config":
-        """The seed notebook's recipe: its preprocessing, key_dim = num_hid, Adam 1e-4, no augmentation."""
-        seed = dict(
-            normalization="seed", key_dim=200, learning_rate=1e-4, lr_schedule="constant",
-            warmup_epochs=0.0, weight_decay=0.0, clipnorm=0.0, aug_speed=False, aug_affine=False,
-            aug_frame_drop=False, aug_point_dropout=False, trim_padding=False,
-        )
-        seed.update(changes)
-        return cls(**seed).validate()
 
 
 def _parse_value(key: str, raw: str, kind: Any) -> Any:

@@ -1,83 +1,75 @@
 """The main job end to end on the bundled synthetic data, in one command.
 
-`python -m fingerspell.demo [--workdir work/demo] [--minutes 8]` generates a Kaggle-format
+`fingerspell demo [--workdir work/demo] [--minutes 8]` generates a Kaggle-format
 synthetic dataset, preprocesses it, trains briefly, exports the TFLite submission,
 evaluates it on held-out signers' sequences of a second generated dataset (raw parquet,
 as Kaggle's grader reads it), and prints the score and the path of `submission.zip`.
-About 15 minutes on 2 CPU cores.
+About 15 minutes on 2 CPU cores. Progress is logged; `run_demo` returns the results.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR = Path("work/demo")
+DEFAULT_MINUTES = 8.0
+DEFAULT_SEQUENCES = 2400
+
 
 def step(title: str) -> float:
-    print(f"\n=== {title}", flush=True)
+    logger.info("=== %s", title)
     return time.perf_counter()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fingerspell.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("work/demo"))
-    parser.add_argument("--minutes", type=float, default=8.0, help="training-time budget")
-    parser.add_argument("--sequences", type=int, default=2400, help="training sequences to generate")
-    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
-    args = parser.parse_args(argv)
-
+def run_demo(workdir: Path = DEFAULT_WORKDIR, minutes: float = DEFAULT_MINUTES,
+             sequences: int = DEFAULT_SEQUENCES, fresh: bool = False) -> dict:
+    """Run the five stages in `workdir`; return the evaluation report, submission path and minutes taken."""
     from fingerspell.config import Config
-    from fingerspell.evaluate import evaluate, format_report
-    from fingerspell.exporting import export_run
-    from fingerspell.preprocessing import PreprocessConfig, preprocess
-    from fingerspell.synth import generate_dataset
-    from fingerspell.training import train
+    from fingerspell.data.convert import PreprocessConfig, preprocess
+    from fingerspell.export.evaluate import evaluate
+    from fingerspell.export.tflite import export_run
+    from fingerspell.synth.generator import generate_dataset
+    from fingerspell.training.trainer import train
 
-    work = args.workdir
-    if args.fresh:
+    work = Path(workdir)
+    if fresh:
         shutil.rmtree(work, ignore_errors=True)
     started = time.perf_counter()
 
-    t = step("1/5 synthetic Kaggle-format data (python -m fingerspell.synth)")
-    files = max(1, args.sequences // 400)
-    datasets = {"dataset": dict(files=files, sequences_per_file=args.sequences // files, participants=24, seed=0),
+    t = step("1/5 synthetic Kaggle-format data (fingerspell synth)")
+    files = max(1, sequences // 400)
+    datasets = {"dataset": dict(files=files, sequences_per_file=sequences // files, participants=24, seed=0),
                 # other signers (another seed draws other participants), for the final evaluation
                 "heldout": dict(files=1, sequences_per_file=300, participants=6, seed=1)}
     for name, options in datasets.items():
         if (work / name / "train.csv").exists():
-            print(f"{work / name}: already generated")
+            logger.info("%s: already generated", work / name)
         else:
             generate_dataset(work / name, supplemental_files=0, **options)
-    print(f"done in {time.perf_counter() - t:.0f} s")
+    logger.info("done in %.0f s", time.perf_counter() - t)
 
-    t = step("2/5 preprocess (python -m preprocess)")
+    t = step("2/5 preprocess (fingerspell preprocess)")
     manifest = preprocess(PreprocessConfig(data_dir=work / "dataset", out_dir=work / "preprocessed",
                                            split="train", overwrite=True))
-    print(f"kept {manifest['kept']}, dropped {manifest['dropped']} in {time.perf_counter() - t:.0f} s")
+    logger.info("kept %d, dropped %s in %.0f s", manifest["kept"], manifest["dropped"], time.perf_counter() - t)
 
-    t = step(f"3/5 train for {args.minutes:g} minutes (python -m train)")
+    step(f"3/5 train for {minutes:g} minutes (fingerspell train)")
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = Config(epochs=1000, time_budget_minutes=args.minutes, eval_every=5, show_examples_every=10)
-    summary = train(work / "preprocessed", run_dir, cfg)
-    print(json.dumps(summary, indent=2))
+    cfg = Config(epochs=1000, time_budget_minutes=minutes, eval_every=5, show_examples_every=10)
+    logger.info("%s", json.dumps(train(work / "preprocessed", run_dir, cfg), indent=2))
 
-    t = step("4/5 export TFLite submission (python -m export)")
+    step("4/5 export TFLite submission (fingerspell export)")
     exported = export_run(run_dir, work / "submission")
-    print(json.dumps(exported, indent=2))
+    logger.info("%s", json.dumps(exported, indent=2))
 
-    t = step("5/5 evaluate like Kaggle's grader on unseen signers (python -m fingerspell.evaluate)")
+    step("5/5 evaluate like Kaggle's grader on unseen signers (fingerspell evaluate)")
     report = evaluate(work / "submission", work / "heldout", "train",
                       report_path=work / "submission" / "evaluation.json")
-    print(format_report(report))
-    print(f"\nscore {report['score']:.4f} on {report['sequences']} held-out sequences; "
-          f"total {(time.perf_counter() - started) / 60:.1f} minutes")
-    print(f"submission: {exported['submission']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"report": report, "submission": exported["submission"],
+            "minutes": round((time.perf_counter() - started) / 60, 1)}

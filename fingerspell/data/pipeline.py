@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from fingerspell import augment, features, records, vocab
-from fingerspell.config import Config
+from fingerspell import features
+from fingerspell.features import augment
+from fingerspell.data import records, vocab
+from fingerspell.config import Config, ConfigError
+from fingerspell.files import atomic_write
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -89,7 +92,7 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
     split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
              "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}, "shards": names}
     if path:
-        path.write_text(json.dumps(split, indent=2) + "\n")
+        atomic_write(path, json.dumps(split, indent=2) + "\n")
     return split
 
 
@@ -114,7 +117,10 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
     `features.preprocess_frames`, in the same order.
     """
     table = _char_table()
-    augmenting = training and cfg.normalization != "seed" and bool(cfg.augmentations())
+    augmenting = training and bool(cfg.augmentations())
+    if augmenting and cfg.normalization != "hand":
+        raise ConfigError(f"augmentation works on the 'hand' frame preprocessing, not normalization="
+                          f"{cfg.normalization!r}; turn off {cfg.augmentations()}")
 
     def tokens_of(record):
         tokens = tokenize(record["phrase"], table, cfg.max_target_len)

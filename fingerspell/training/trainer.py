@@ -2,27 +2,37 @@
 
 A run directory holds `config.json`, `character_to_prediction_index.json`, `split.json`,
 `checkpoints/{last,best}.weights.h5` (+ the optimizer state and `state.json` for an exact
-`--resume`), `metrics.csv`, `curves.png` and TensorBoard logs under `tensorboard/`.
+`--resume`), `metrics.csv`, `curves.png`, the run's log `train.log` and TensorBoard logs under
+`tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
 import math
-import os
-import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fingerspell import data, features, metric, vocab
+from fingerspell import metric
+from fingerspell.data import pipeline, vocab
+from fingerspell import features
 from fingerspell.config import Config
-from fingerspell.model import FingerspellTransformer, build_model
+from fingerspell.files import atomic_path, atomic_write
+from fingerspell.model.transformer import FingerspellTransformer, build_model
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+LOG_NAME = "train.log"
 METRIC_FIELDS = ["epoch", "loss", "val_loss", "val_score", "learning_rate", "train_seconds",
                  "train_sequences_per_second", "eval_seconds"]
 
@@ -102,21 +112,18 @@ def predict_phrases(generate, batches: tf.data.Dataset, limit: int = 0) -> tuple
 # --- checkpoints ------------------------------------------------------------------------------
 
 def _atomic_save_weights(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format from the suffix
+        model.save_weights(tmp)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_last(model: keras.Model, run_dir: Path, state: dict) -> None:
     """Weights and optimizer state (Keras keeps both in the .weights.h5), then the epoch state."""
     _atomic_save_weights(model, run_dir / CHECKPOINTS / "last.weights.h5")
-    _atomic_write(run_dir / CHECKPOINTS / "state.json", json.dumps(state, indent=2) + "\n")
+    _write_json(run_dir / CHECKPOINTS / "state.json", state)
 
 
 def read_state(run_dir: Path) -> dict:
@@ -212,6 +219,8 @@ class RunKeeper(keras.callbacks.Callback):
         self.state.update(epoch=epoch + 1, train_seconds=round(self.timer.total, 2))
         save_last(self.model, self.run_dir, self.state)
         append_metrics(self.run_dir, row)
+        logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                          if k != "epoch" and v is not None))
         if scoring:
             plot_curves(self.run_dir)
 
@@ -238,22 +247,22 @@ class RunKeeper(keras.callbacks.Callback):
         if value > self.state.get("best_score", -math.inf):
             self.state.update(best_score=value, best_epoch=epoch + 1)
             _atomic_save_weights(self.model, self.run_dir / CHECKPOINTS / "best.weights.h5")
-        print(f"\nepoch {epoch + 1}: validation score {value:.4f} on {len(targets)} sequences "
-              f"(best {self.state['best_score']:.4f} at epoch {self.state['best_epoch']})")
+        logger.info("epoch %d: validation score %.4f on %d sequences (best %.4f at epoch %d)", epoch + 1, value,
+                    len(targets), self.state["best_score"], self.state["best_epoch"])
         if self.cfg.show_examples_every and (epoch + 1) % self.cfg.show_examples_every == 0:
             for target, prediction in list(zip(targets, predictions))[:5]:
-                print(f"  target: {target!r:36} prediction: {prediction!r}")
+                logger.info("  target: %-36r prediction: %r", target, prediction)
         return {"val_score": round(value, 5), "eval_seconds": round(time.perf_counter() - start, 2)}
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    path = run_dir / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+    """Add an epoch's row to metrics.csv, rewriting the (small) file atomically so it is never torn."""
+    rows = read_metrics(run_dir) + [{k: row.get(k, "") for k in METRIC_FIELDS}]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(run_dir / "metrics.csv", text.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -266,9 +275,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def plot_curves(run_dir: Path) -> Path:
     """curves.png: training/validation loss and the validation score per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     rows = read_metrics(run_dir)
 
@@ -276,7 +283,8 @@ def plot_curves(run_dir: Path) -> Path:
         points = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
         return [p[0] for p in points], [p[1] for p in points]
 
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_score = fig.subplots(1, 2)
     for key in ("loss", "val_loss"):
         ax_loss.plot(*series(key), marker=".", label=key)
     ax_loss.set(xlabel="epoch", ylabel="masked cross-entropy", title="loss")
@@ -285,8 +293,8 @@ def plot_curves(run_dir: Path) -> Path:
     ax_score.set(xlabel="epoch", ylabel="(N - D) / N", title="validation score")
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     return out
 
 
@@ -302,7 +310,7 @@ def new_run_dir(run_dir: Path, cfg: Config) -> None:
     (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     (run_dir / "split.json").unlink(missing_ok=True)  # from an aborted start: the split is made anew
     cfg.save(run_dir / "config.json")
-    shutil.copyfile(vocab.CHARACTER_MAP_PATH, run_dir / vocab.CHARACTER_MAP_PATH.name)
+    vocab.write_character_map(run_dir)
 
 
 def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
@@ -326,14 +334,41 @@ def train(data_dir: Path, run_dir: Path, cfg: Config, callbacks: list[keras.call
     """
     run_dir = Path(run_dir)
     new_run_dir(run_dir, cfg)
-    return _run(Path(data_dir), run_dir, cfg, resume=False, callbacks=callbacks)
+    with run_log(run_dir):
+        return _run(Path(data_dir), run_dir, cfg, resume=False, callbacks=callbacks)
 
 
 def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
            callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Continue a run where its last checkpoint stopped: weights, optimizer, epoch, schedule, split."""
     run_dir = Path(run_dir)
-    return _run(Path(data_dir), run_dir, resumed_config(run_dir, changes), resume=True, callbacks=callbacks)
+    cfg = resumed_config(run_dir, changes)
+    with run_log(run_dir):
+        return _run(Path(data_dir), run_dir, cfg, resume=True, callbacks=callbacks)
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[Path]:
+    """Copy the package's log records to RUN_DIR/train.log while a run lasts (a resume appends).
+
+    The run's own record of what happened, whatever the caller does with logging;
+    the handler is removed afterwards so later runs in the process do not write here.
+    """
+    package = logging.getLogger("fingerspell")
+    path = Path(run_dir) / LOG_NAME
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    try:
+        yield path
+    finally:
+        package.removeHandler(handler)
+        handler.close()
+        package.setLevel(level)
 
 
 def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) -> dict:
@@ -353,7 +388,7 @@ def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) ->
 def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, callbacks) -> dict:
     start_epoch = state.get("epoch", 0)
     try:
-        train_records, valid_records, split = data.split_datasets(data_dir, cfg, run_dir, resume=resume)
+        train_records, valid_records, split = pipeline.split_datasets(data_dir, cfg, run_dir, resume=resume)
     except ValueError as err:
         raise TrainingError(f"{data_dir}: {err}") from None
     n_valid = sum(split["counts"][str(g)] for g in split["validation"])
@@ -361,13 +396,13 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, 
     steps = n_train // cfg.batch_size
     if steps < 1:
         raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
-    train_batches = data.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
+    train_batches = pipeline.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
                                           shuffle_buffer=n_train)
-    valid_loss_batches = data.training_batches(valid_records, cfg, False, cfg.batch_size)
+    valid_loss_batches = pipeline.training_batches(valid_records, cfg, False, cfg.batch_size)
     if cfg.eval_max_sequences:  # a fixed random subset, not the first files' signers
         valid_records = valid_records.shuffle(n_valid, seed=cfg.seed, reshuffle_each_iteration=False).take(
             cfg.eval_max_sequences)
-    eval_batches = data.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
+    eval_batches = pipeline.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
 
     with distribution_strategy().scope():
         model = build_model(cfg, features.feature_dim(cfg.normalization))
@@ -378,17 +413,18 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, 
     if schedule is not None and "budget_total_steps" in state:
         schedule.total_steps.assign(state["budget_total_steps"])
     if start_epoch >= cfg.epochs:
-        print(f"{run_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
+        logger.info("%s: already trained for %d epochs (epochs=%d); nothing to do", run_dir, start_epoch, cfg.epochs)
         return summarize(run_dir, state, model, n_train, n_valid)
-    print(f"training on {n_train} sequences, validating on {n_valid} "
-          f"(held-out {split['key']}s: {split['validation']}); {model.count_params():,} parameters")
+    logger.info("training on %d sequences, validating on %d (held-out %ss: %s); %s parameters", n_train, n_valid,
+                split["key"], split["validation"], f"{model.count_params():,}")
     timer = EpochTimer(cfg.time_budget_minutes * 60, total=state.get("train_seconds", 0.0))
     keeper = RunKeeper(run_dir, cfg, eval_batches, timer, steps, schedule, state)
-    callbacks = [timer, keeper, keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
-                 *(callbacks or [])]
+    # The progress bar first: it ends its line before the run's own log lines of the epoch.
+    callbacks = [keras.callbacks.ProgbarLogger(), timer, keeper,
+                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False), *(callbacks or [])]
     model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
               steps_per_epoch=steps, validation_steps=math.ceil(n_valid / cfg.batch_size), shuffle=False,
-              validation_freq=cfg.eval_every, callbacks=callbacks, verbose=1 if os.isatty(1) else 2)
+              validation_freq=cfg.eval_every, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     if keeper.nan_batch is not None:
         good = state.get("epoch", start_epoch)
         raise TrainingError(
@@ -404,5 +440,5 @@ def summarize(run_dir: Path, state: dict, model: keras.Model, n_train: int, n_va
                "best_epoch": state.get("best_epoch"), "train_seconds": state.get("train_seconds"),
                "train_sequences": n_train, "validation_sequences": n_valid, "parameters": model.count_params(),
                "train_sequences_per_second": round(float(np.median(speeds)), 1) if speeds else None}
-    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_json(run_dir / "summary.json", summary)
     return summary

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-CHARACTER_MAP_PATH = DATA_DIR / "character_to_prediction_index.json"
+from fingerspell.files import atomic_write
+
+#: Kaggle's file name; the map ships inside the package (read with importlib.resources, so an
+#: installed wheel finds it too) and is copied beside every run and submission.
+CHARACTER_MAP_NAME = "character_to_prediction_index.json"
 
 N_CHARS = 59
 PAD = 59
@@ -24,13 +28,22 @@ START_CHAR = "<"
 END_CHAR = ">"
 
 
+def character_map_bytes() -> bytes:
+    """The packaged `character_to_prediction_index.json`, byte for byte."""
+    return resources.files(__package__).joinpath(CHARACTER_MAP_NAME).read_bytes()
+
+
+def write_character_map(directory: str | Path) -> Path:
+    """Copy the character map into `directory` (a run, a submission, a generated dataset)."""
+    return atomic_write(Path(directory) / CHARACTER_MAP_NAME, character_map_bytes())
+
+
 @lru_cache(maxsize=None)
 def char_to_index() -> dict[str, int]:
     """Kaggle's 59-character map, checked for shape."""
-    with open(CHARACTER_MAP_PATH, encoding="utf-8") as f:
-        mapping = json.load(f)
+    mapping = json.loads(character_map_bytes())
     if sorted(mapping.values()) != list(range(N_CHARS)):
-        raise ValueError(f"{CHARACTER_MAP_PATH}: expected indices 0..{N_CHARS - 1}")
+        raise ValueError(f"{__package__}/{CHARACTER_MAP_NAME}: expected indices 0..{N_CHARS - 1}")
     return mapping
 
 

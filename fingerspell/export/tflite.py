@@ -8,16 +8,17 @@ axis 1 spells the phrase. Inside: the training code's own frame preprocessing
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 import tensorflow as tf
 
-from fingerspell import features, schema, vocab
+from fingerspell import features
+from fingerspell.data import schema, vocab
 from fingerspell.config import Config
-from fingerspell.model import FingerspellTransformer
+from fingerspell.files import atomic_path, atomic_write
+from fingerspell.model.transformer import FingerspellTransformer
 
 MAX_MODEL_BYTES = 40_000_000  # Kaggle's 40 MB limit on the tflite file (the stricter reading)
 QUANTIZATIONS = ("none", "fp16", "dynamic")
@@ -68,31 +69,30 @@ def inference_args() -> dict:
 
 
 def write_submission(tflite: bytes, out_dir: Path) -> dict[str, Path]:
-    """model.tflite, inference_args.json and submission.zip (the two files at its root)."""
+    """model.tflite, inference_args.json, the character map and submission.zip (the first two at its root).
+
+    Each file is written atomically; the zip is built last, from the bytes in memory, so a
+    submission.zip on disk always holds a complete pair.
+    """
     if len(tflite) > MAX_MODEL_BYTES:
         raise ExportError(
             f"the TFLite model is {len(tflite) / 1e6:.1f} MB, over Kaggle's 40 MB limit; "
             f"export with --quantize fp16 (about half the size) or train a smaller model")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"model": out_dir / "model.tflite", "inference_args": out_dir / "inference_args.json",
-             "zip": out_dir / "submission.zip", "character_map": out_dir / vocab.CHARACTER_MAP_PATH.name}
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        staged = {k: Path(tmp) / p.name for k, p in paths.items()}
-        staged["model"].write_bytes(tflite)
-        staged["inference_args"].write_text(json.dumps(inference_args()))
-        shutil.copyfile(vocab.CHARACTER_MAP_PATH, staged["character_map"])
-        with zipfile.ZipFile(staged["zip"], "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.write(staged["model"], "model.tflite")
-            archive.write(staged["inference_args"], "inference_args.json")
-        for key, path in paths.items():
-            staged[key].replace(path)
+    args = json.dumps(inference_args())
+    paths = {"model": atomic_write(out_dir / "model.tflite", tflite),
+             "inference_args": atomic_write(out_dir / "inference_args.json", args),
+             "character_map": vocab.write_character_map(out_dir),
+             "zip": out_dir / "submission.zip"}
+    with atomic_path(paths["zip"]) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.tflite", tflite)
+        archive.writestr("inference_args.json", args)
     return paths
 
 
 def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", quantize: str = "none") -> dict:
     """Export a training run's checkpoint as a Kaggle submission; returns paths and sizes."""
-    from fingerspell.training import load_trained_model
+    from fingerspell.training.trainer import load_trained_model
 
     model, cfg = load_trained_model(run_dir, checkpoint)
     paths = write_submission(convert(model, cfg, quantize), out_dir)

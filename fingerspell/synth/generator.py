@@ -16,26 +16,22 @@ can learn from. This module writes such a dataset:
   (runs included), the other hand mostly undetected, face and pose landmarks that
   move with the head and the arms, and a few sequences with too few hand frames.
 
-Run `python -m fingerspell.synth --out DIR`; the library entry point is
-`generate_dataset`.
+Run `fingerspell synth --out DIR`; the library entry point is `generate_dataset`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import shutil
-import sys
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from fingerspell import schema, vocab
-from fingerspell.landmark_io import write_landmarks_parquet
-from fingerspell.phrases import random_phrase
+from fingerspell.data import schema, vocab
+from fingerspell.files import atomic_path
+from fingerspell.data.parquet import write_landmarks_parquet
+from fingerspell.data.phrases import random_phrase
 
 # ----------------------------------------------------------------------------- layout
 
@@ -47,7 +43,7 @@ DEFAULT_SUPPLEMENTAL_FILES = 1
 
 TRAIN_CSV, TRAIN_DIR = schema.SPLIT_FILES["train"]
 SUPPLEMENTAL_CSV, SUPPLEMENTAL_DIR = schema.SPLIT_FILES["supplemental"]
-CHARACTER_MAP_NAME = vocab.CHARACTER_MAP_PATH.name
+CHARACTER_MAP_NAME = vocab.CHARACTER_MAP_NAME
 CSV_COLUMNS = schema.CSV_COLUMNS
 
 #: Share of sequences whose hand is seen in fewer than 2 * len(phrase) frames, as
@@ -56,13 +52,8 @@ SHORT_HAND_FRACTION = 0.03
 ROW_GROUP_ROWS = 10_000  # about 64 sequences
 
 _FACE, _LEFT_HAND, _POSE, _RIGHT_HAND = (name for name, _ in schema.PARTS)
-_PART_OFFSETS: dict[str, int] = {}
-_offset = 0
-for _name, _count in schema.PARTS:
-    _PART_OFFSETS[_name] = _offset
-    _offset += _count
-N_POINTS = _offset  # 543 landmarks per frame
-del _offset, _name, _count
+_PART_OFFSETS = schema.PART_OFFSETS
+N_POINTS = schema.N_POINTS  # 543 landmarks per frame
 
 # ------------------------------------------------------------------------ hand model
 # A hand is a vector of N_PARAMS numbers. Local frame, in palm lengths (wrist to
@@ -424,7 +415,7 @@ class SequenceArrays:
     def part(self, name: str) -> np.ndarray:
         """The [T, n, 3] view of one part (e.g. the signing hand)."""
         start = _PART_OFFSETS[name]
-        return self.points[:, start:start + dict(schema.PARTS)[name]]
+        return self.points[:, start:start + schema.PART_SIZES[name]]
 
 
 @dataclass
@@ -761,7 +752,7 @@ _MINIMUMS = {"files": 1, "sequences_per_file": 1, "participants": 1, "seed": 0,
              "supplemental_files": 0}
 
 
-def _validate(settings: dict[str, int], cli: bool = False) -> None:
+def check_settings(settings: dict[str, int], cli: bool = False) -> None:
     """Reject impossible settings before anything is written.
 
     With `cli`, errors name the command-line flags (`--sequences-per-file`).
@@ -820,7 +811,7 @@ def _render_file(rows: list[_Row], seed: int, file_no: int) -> Iterable[tuple[in
 
 def _write_csv(path: Path, rows: Iterable[tuple[str, _Row]]) -> None:
     """The metadata CSV, byte-for-byte reproducible (fixed line endings, no index)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for rel, r in rows:
@@ -842,7 +833,7 @@ def generate_dataset(
     `sequences_per_file` sequences by `participants` signers. The same arguments give
     byte-identical CSVs and identical landmark arrays.
     """
-    _validate(dict(files=files, sequences_per_file=sequences_per_file,
+    check_settings(dict(files=files, sequences_per_file=sequences_per_file,
                    participants=participants, seed=seed, supplemental_files=supplemental_files))
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
@@ -860,7 +851,7 @@ def generate_dataset(
         paths[sub].append(str(out / rel))
     _write_csv(out / TRAIN_CSV, written[TRAIN_DIR])
     _write_csv(out / SUPPLEMENTAL_CSV, written[SUPPLEMENTAL_DIR])
-    shutil.copyfile(vocab.CHARACTER_MAP_PATH, out / CHARACTER_MAP_NAME)
+    vocab.write_character_map(out)
     all_rows = [r for rows in plan for r in rows]
     return {
         "out_dir": str(out),
@@ -880,49 +871,3 @@ def generate_dataset(
         "seed": seed,
         "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
     }
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fingerspell.synth",
-        description="Write a synthetic ASL fingerspelling dataset in the Kaggle layout.",
-    )
-    p.add_argument("--out", required=True, help="output directory (created; must be empty)")
-    p.add_argument("--files", type=int, default=DEFAULT_FILES, help="train parquet files")
-    p.add_argument("--sequences-per-file", type=int, default=DEFAULT_SEQUENCES_PER_FILE)
-    p.add_argument("--participants", type=int, default=DEFAULT_PARTICIPANTS)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--supplemental-files", type=int, default=DEFAULT_SUPPLEMENTAL_FILES)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the dataset files already in --out")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Command line entry point; prints a one-line summary and returns it as a dict."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    settings = {name: getattr(args, name) for name in _MINIMUMS}
-    start = time.perf_counter()
-    try:
-        _validate(settings, cli=True)
-        summary = generate_dataset(args.out, overwrite=args.overwrite, **settings)
-    except ValueError as e:
-        parser.error(str(e))
-    seconds = time.perf_counter() - start
-    print(
-        f"synth: {summary['n_train_sequences']} train + {summary['n_supplemental_sequences']} "
-        f"supplemental sequences in {args.files}+{args.supplemental_files} files, "
-        f"{summary['n_participants']} participants ({len(summary['left_handed_participants'])} "
-        f"left-handed), {summary['mean_frames']:.1f} frames/sequence, "
-        f"{summary['bytes'] / 1e6:.1f} MB -> {summary['out_dir']} in {seconds:.1f} s",
-        file=sys.stdout,
-    )
-    return summary
-
-
-if __name__ == "__main__":
-    main()

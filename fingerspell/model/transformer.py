@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from fingerspell import vocab
+from fingerspell.data import vocab
 from fingerspell.config import Config
 
 

@@ -1,11 +1,18 @@
 """The Kaggle landmark layout and the columns this toolkit selects from it.
 
-This module is the one place that knows column names. Preprocessing reads
-`SELECTED_COLUMNS` from parquet, the exported `inference_args.json` lists the
+This module is the one place that knows column names and positions. Preprocessing
+reads `SELECTED_COLUMNS` from parquet, the exported `inference_args.json` lists the
 same names, and the frame preprocessing finds points through the index
-constants below, so the three can never disagree.
+constants below, so the three can never disagree. Every other module takes column
+positions (`landmark_positions`, `LANDMARK_INDEX`, `SELECTED_LEFT_HAND_COLUMNS`) and
+part offsets (`PART_OFFSETS`, `part_columns`) from here instead of rebuilding them.
 """
 from __future__ import annotations
+
+import types
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 #: split -> (metadata CSV, folder of its parquet files), as in the Kaggle dataset.
 SPLIT_FILES: dict[str, tuple[str, str]] = {
@@ -25,6 +32,12 @@ PARTS: tuple[tuple[str, int], ...] = (
     ("right_hand", 21),
 )
 N_HAND_POINTS = 21
+N_POINTS = sum(n for _, n in PARTS)  # 543 landmarks per frame
+PART_SIZES: Mapping[str, int] = types.MappingProxyType(dict(PARTS))
+#: Where each part's points start among a frame's N_POINTS points (PARTS order).
+PART_OFFSETS: Mapping[str, int] = types.MappingProxyType(
+    {part: sum(n for _, n in PARTS[:k]) for k, (part, _) in enumerate(PARTS)}
+)
 
 #: Kaggle's 1629 landmark columns in file order: by coordinate, then part, then point.
 LANDMARK_COLUMNS: tuple[str, ...] = tuple(
@@ -58,6 +71,16 @@ N_SELECTED_COLUMNS = len(SELECTED_COLUMNS)  # 156
 # Point indices into the 52 selected points.
 LEFT_HAND_POINTS: tuple[int, ...] = tuple(range(0, 21))
 RIGHT_HAND_POINTS: tuple[int, ...] = tuple(range(21, 42))
+
+
+def selected_point_columns(points: Sequence[int]) -> np.ndarray:
+    """Positions in the coordinate-major `SELECTED_COLUMNS` of the x, y and z columns of `points`."""
+    return np.array([c * N_SELECTED_POINTS + p for c in range(len(COORDS)) for p in points], dtype=np.intp)
+
+
+#: The 63 columns (x, y, z of 21 points) of each hand among the 156 selected columns.
+SELECTED_LEFT_HAND_COLUMNS = selected_point_columns(LEFT_HAND_POINTS)
+SELECTED_RIGHT_HAND_COLUMNS = selected_point_columns(RIGHT_HAND_POINTS)
 LEFT_ARM_POINTS: tuple[int, ...] = tuple(42 + ARM_POSE.index(p) for p in LEFT_ARM_POSE)
 RIGHT_ARM_POINTS: tuple[int, ...] = tuple(42 + ARM_POSE.index(p) for p in RIGHT_ARM_POSE)
 
@@ -80,9 +103,32 @@ ARM_CONNECTIONS: tuple[tuple[int, int], ...] = (
 )
 
 
+#: Landmark column name -> its position among the 1629 `LANDMARK_COLUMNS` (read-only).
+LANDMARK_INDEX: Mapping[str, int] = types.MappingProxyType({name: i for i, name in enumerate(LANDMARK_COLUMNS)})
+
+
 def column_index(name: str) -> int:
     """Position of a landmark column among `LANDMARK_COLUMNS`."""
-    return _LANDMARK_INDEX[name]
+    return LANDMARK_INDEX[name]
 
 
-_LANDMARK_INDEX = {name: i for i, name in enumerate(LANDMARK_COLUMNS)}
+def landmark_positions(names: Iterable[str]) -> np.ndarray:
+    """Positions among `LANDMARK_COLUMNS` of `names`, in the order given.
+
+    Raises ValueError listing (the first few) names that are not landmark columns, so a
+    caller can say which file named them.
+    """
+    names = list(names)
+    if unknown := [n for n in names if n not in LANDMARK_INDEX]:
+        raise ValueError(f"unknown landmark column(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+    return np.array([LANDMARK_INDEX[n] for n in names], dtype=np.intp)
+
+
+def part_columns(part: str, coord: int) -> slice:
+    """The columns of all of `part`'s points for coordinate `coord` (0 x, 1 y, 2 z) in `LANDMARK_COLUMNS`."""
+    start = coord * N_POINTS + PART_OFFSETS[part]
+    return slice(start, start + PART_SIZES[part])
+
+
+#: Positions of the 156 `SELECTED_COLUMNS` among the 1629 `LANDMARK_COLUMNS`.
+SELECTED_LANDMARK_POSITIONS = landmark_positions(SELECTED_COLUMNS)

@@ -11,29 +11,35 @@ Layout of the output directory OUT:
 Why it is shaped this way:
 
 - Real landmark files are 1-3 GB with 1630 columns; only `SELECTED_COLUMNS` (156)
-  and the ids are read, by pyarrow column projection, after a schema check that
-  names the file and the problem (missing columns, float64, another column order).
+  and the ids are read, by name (any column order), by pyarrow column projection,
+  after a schema check that names the file and the problem (missing or non-numeric
+  columns). Float32 columns are used zero-copy; float64 or integer ones (what pandas
+  writes by default) are cast to float32 with one warning for the file.
 - Rows are grouped by sequence in one pass (contiguous runs, or one stable sort
   when a file's rows are not grouped), never by scanning the table per sequence.
 - Each file is one task in a process pool; a worker holds one file's selected
-  columns at a time. Workers never import TensorFlow (records are encoded
-  directly), so the pool can fork and start instantly.
-- Shards and per-file JSON are written under a temporary name in OUT and renamed
-  into place, so a killed run leaves no partial shard; the next run deletes the
-  stale temporaries and redoes only the files without a finished shard.
+  columns at a time (about 3x their size at the peak), so the default worker count
+  is bounded by available memory as well as cores. Workers never import TensorFlow
+  (records are encoded directly), so the pool can fork and start instantly.
+- Shards and JSON are written with `fingerspell.files.atomic_path` (temporary file
+  beside the final one, fsynced, renamed), so a killed run leaves no partial shard;
+  the next run deletes the stale temporaries and redoes only the files without a
+  finished shard. A run that will replace shards first deletes the old manifest, so
+  a killed run never leaves a manifest that describes other shards.
 - Every CSV row is accounted for: kept, or counted under one drop reason.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -43,26 +49,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fingerspell import records, vocab
-from fingerspell.landmark_io import FRAME_COLUMN
-from fingerspell.schema import (
+from fingerspell import files
+from fingerspell.data import records, vocab
+from fingerspell.data.metadata import Metadata, MetadataError, load_metadata, splits_of
+from fingerspell.data.parquet import FRAME_COLUMN
+from fingerspell.data.schema import (
     INDEX_COLUMN,
-    LANDMARK_COLUMNS,
-    LEFT_HAND_POINTS,
     N_SELECTED_COLUMNS,
-    N_SELECTED_POINTS,
-    RIGHT_HAND_POINTS,
     SELECTED_COLUMNS,
-    SPLIT_FILES,
+    SELECTED_LEFT_HAND_COLUMNS,
+    SELECTED_RIGHT_HAND_COLUMNS,
 )
 
-SPLIT_SOURCES = SPLIT_FILES
-CSV_ID_COLUMNS: tuple[str, ...] = ("file_id", "sequence_id", "participant_id")
-CSV_REQUIRED_COLUMNS: tuple[str, ...] = (*CSV_ID_COLUMNS, "phrase")
-CSV_PATH_COLUMN = "path"  # optional; default <landmarks folder>/<file_id>.parquet
+_log = logging.getLogger(__name__)
 
 # Drop reasons, in the order they are decided for a row.
 FILE_ERROR = "file_error"  # the parquet file is missing, unreadable or has a bad schema
@@ -71,7 +72,6 @@ NOT_IN_PARQUET = "not_in_parquet"  # the CSV row's sequence has no rows in its p
 TOO_FEW_HAND_FRAMES = "too_few_hand_frames"  # factor * len(phrase) >= frames with a full hand
 DROP_REASONS: tuple[str, ...] = (FILE_ERROR, UNKNOWN_CHARACTERS, NOT_IN_PARQUET, TOO_FEW_HAND_FRAMES)
 
-TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 MAX_STORED_WARNINGS = 50  # per file, in the manifest; the counts are always complete
 MAX_PRINTED_WARNINGS = 3  # per file, on stderr
@@ -79,14 +79,6 @@ MAX_PRINTED_WARNINGS = 3  # per file, on stderr
 # run while a worker is provably mid-shard.
 _TEST_DELAY_ENV = "FINGERSPELL_TEST_RECORD_DELAY"
 
-
-def _selected_column_indices(points: Sequence[int]) -> np.ndarray:
-    """Columns of `points` (x, y and z) in the coordinate-major `SELECTED_COLUMNS`."""
-    return np.array([c * N_SELECTED_POINTS + p for c in range(3) for p in points], dtype=np.intp)
-
-
-LEFT_HAND_COLUMNS = _selected_column_indices(LEFT_HAND_POINTS)
-RIGHT_HAND_COLUMNS = _selected_column_indices(RIGHT_HAND_POINTS)
 
 
 class PreprocessError(Exception):
@@ -102,7 +94,7 @@ class PreprocessConfig:
     data_dir: Path
     out_dir: Path
     split: str = "train"  # "train", "supplemental" or "all"
-    workers: int | None = None  # None: all cores
+    workers: int | None = None  # None: as many as cores and available memory allow
     overwrite: bool = False
     min_hand_frames_factor: float = 2.0
     progress: bool = True
@@ -121,83 +113,8 @@ class FileTask:
     factor: float
     shard: str  # final shard path
     info: str  # final per-file JSON path
-    out_dir: str  # temporaries go here too, so the final rename stays on one filesystem
+    out_dir: str  # OUT, for the shard path stored relative to it
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-# --- CSV ------------------------------------------------------------------------------------
-
-def splits_of(split: str) -> tuple[str, ...]:
-    if split == "all":
-        return tuple(SPLIT_SOURCES)
-    if split not in SPLIT_SOURCES:
-        raise PreprocessError(f"--split must be one of {[*SPLIT_SOURCES, 'all']}, got {split!r}")
-    return (split,)
-
-
-@dataclass
-class Metadata:
-    """One split's CSV rows, validated, as arrays (row i of each field is CSV row i)."""
-
-    csv_path: str
-    file_ids: np.ndarray
-    sequence_ids: np.ndarray
-    participant_ids: np.ndarray
-    phrases: list[str]
-    parquets: list[str]
-
-    def __len__(self) -> int:
-        return len(self.phrases)
-
-
-def _parse_int_column(table: pa.Table, column: str, csv_path: Path) -> np.ndarray:
-    text = pc.utf8_trim_whitespace(table.column(column))
-    ok = pc.match_substring_regex(text, r"^-?[0-9]+$")
-    if not pc.all(ok).as_py():
-        bad = np.flatnonzero(~np.asarray(ok.to_pylist(), dtype=bool))
-        raise PreprocessError(f"{csv_path}: column {column!r} must hold integers; bad value(s) on "
-                              f"line(s) {(bad[:5] + 2).tolist()}")  # +2: header line, 1-based
-    try:
-        return np.array(pc.cast(text, pa.int64()).to_pylist(), dtype=np.int64)
-    except pa.ArrowInvalid as e:  # e.g. out of the int64 range
-        raise PreprocessError(f"{csv_path}: column {column!r}: {e}") from None
-
-
-def _read_csv_as_strings(csv_path: Path) -> pa.Table:
-    """Every column as text (our own integer check gives line numbers); empty stays ''."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-        return pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header}, strings_can_be_null=False))
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as e:
-        raise PreprocessError(f"{csv_path}: cannot read CSV ({e})") from None
-
-
-def load_metadata(data_dir: Path, split: str) -> Metadata:
-    """A split's metadata CSV, validated: integer ids, unique sequence ids, one parquet path per file."""
-    csv_name, landmarks_dir = SPLIT_SOURCES[split]
-    csv_path = Path(data_dir) / csv_name
-    if not csv_path.is_file():
-        raise PreprocessError(f"{csv_path}: metadata CSV not found (needed for --split {split})")
-    table = _read_csv_as_strings(csv_path)
-    if missing := [c for c in CSV_REQUIRED_COLUMNS if c not in table.column_names]:
-        raise PreprocessError(f"{csv_path}: missing column(s) {missing}; found {table.column_names}")
-    ids = {c: _parse_int_column(table, c, csv_path) for c in CSV_ID_COLUMNS}
-    unique, counts = np.unique(ids["sequence_id"], return_counts=True)
-    if (counts > 1).any():
-        raise PreprocessError(f"{csv_path}: sequence_id(s) listed more than once: {unique[counts > 1][:5].tolist()}")
-    if CSV_PATH_COLUMN in table.column_names:
-        parquets = [str(Path(data_dir) / p) for p in table.column(CSV_PATH_COLUMN).to_pylist()]
-        paths_of: dict[int, set[str]] = {}
-        for f, path in zip(ids["file_id"].tolist(), parquets):
-            paths_of.setdefault(f, set()).add(path)
-        if conflicting := [f for f, paths in paths_of.items() if len(paths) > 1]:
-            raise PreprocessError(f"{csv_path}: file_id(s) {conflicting[:5]} have more than one path")
-    else:
-        parquets = [str(Path(data_dir) / landmarks_dir / f"{f}.parquet") for f in ids["file_id"].tolist()]
-    return Metadata(str(csv_path), ids["file_id"], ids["sequence_id"], ids["participant_id"],
-                    table.column("phrase").to_pylist(), parquets)
 
 
 def _rows_digest(sequence_ids: np.ndarray, participant_ids: np.ndarray, phrases: list[str]) -> str:
@@ -247,31 +164,44 @@ def make_tasks(metadata: Metadata, split: str, out_dir: Path, factor: float) -> 
 
 # --- reading one parquet file ---------------------------------------------------------------
 
-def check_schema(path: str, schema: pa.Schema) -> bool:
-    """Raise FileProblem unless the file has Kaggle's layout; return whether it has `frame`."""
-    names = schema.names
-    present = set(names)
-    missing = [c for c in (INDEX_COLUMN, *SELECTED_COLUMNS) if c not in present]
+@dataclass(frozen=True)
+class FileLayout:
+    """What `check_schema` found: whether the file has `frame`, and which columns need a cast."""
+
+    has_frame: bool
+    cast: tuple[str, ...]  # selected columns stored as another number type than float32
+
+
+def check_schema(path: str, schema: pa.Schema) -> FileLayout:
+    """Raise FileProblem unless every needed column is present once with a usable type.
+
+    Columns are found by name, so their order does not matter. A landmark column must
+    hold numbers: float32 is used as stored; other floats and integers (pandas writes
+    float64 by default) are cast, so they are listed in `cast`.
+    """
+    counts = Counter(schema.names)
+    missing = [c for c in (INDEX_COLUMN, *SELECTED_COLUMNS) if c not in counts]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise FileProblem(f"{path}: missing column(s) {missing[:5]}{more}")
+    if repeated := [c for c in (INDEX_COLUMN, FRAME_COLUMN, *SELECTED_COLUMNS) if counts[c] > 1]:
+        raise FileProblem(f"{path}: column(s) {repeated[:5]} appear more than once")
     if not pa.types.is_integer(schema.field(INDEX_COLUMN).type):
         raise FileProblem(f"{path}: column {INDEX_COLUMN!r} is {schema.field(INDEX_COLUMN).type}, expected int64")
-    has_frame = FRAME_COLUMN in present
+    has_frame = FRAME_COLUMN in counts
     if has_frame and not pa.types.is_integer(schema.field(FRAME_COLUMN).type):
         raise FileProblem(f"{path}: column {FRAME_COLUMN!r} is {schema.field(FRAME_COLUMN).type}, expected an integer")
-    wrong = [(c, schema.field(c).type) for c in SELECTED_COLUMNS if not pa.types.is_float32(schema.field(c).type)]
-    if wrong:
-        name, dtype = wrong[0]
-        raise FileProblem(f"{path}: landmark column {name!r} is {dtype}, expected float32 "
-                          f"({len(wrong)} selected column(s) are not float32)")
-    position = {c: i for i, c in enumerate(LANDMARK_COLUMNS)}
-    order = [position[c] for c in names if c in position]
-    for a, b in zip(order, order[1:]):
-        if b < a:
-            raise FileProblem(f"{path}: landmark columns are not in Kaggle's order "
-                              f"({LANDMARK_COLUMNS[b]!r} comes after {LANDMARK_COLUMNS[a]!r})")
-    return has_frame
+    types = {c: schema.field(c).type for c in SELECTED_COLUMNS}
+    if bad := [c for c, t in types.items() if not (pa.types.is_floating(t) or pa.types.is_integer(t))]:
+        raise FileProblem(f"{path}: landmark column {bad[0]!r} is {types[bad[0]]}, expected numbers (float32); "
+                          f"{len(bad)} selected column(s) are not numeric")
+    return FileLayout(has_frame, tuple(c for c, t in types.items() if not pa.types.is_float32(t)))
+
+
+def _cast_warning(path: str, schema: pa.Schema, cast: Sequence[str]) -> str:
+    stored = sorted({str(schema.field(c).type) for c in cast})
+    return (f"{path}: {len(cast)} landmark column(s) stored as {'/'.join(stored)} instead of float32 "
+            f"(e.g. {cast[0]!r}); cast to float32")
 
 
 def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
@@ -313,31 +243,41 @@ class LandmarkTable:
     sequence_ids: np.ndarray
     frames: np.ndarray | None
     columns: list[np.ndarray]  # N_SELECTED_COLUMNS arrays of float32, one value per row
+    warnings: list[str] = field(default_factory=list)  # about the file as a whole (e.g. a cast)
 
     def take(self, order: np.ndarray) -> "LandmarkTable":
         return LandmarkTable(self.sequence_ids[order], None if self.frames is None else self.frames[order],
-                             [c[order] for c in self.columns])
+                             [c[order] for c in self.columns], self.warnings)
+
+
+def _float32_values(column: pa.ChunkedArray, cast: bool) -> np.ndarray:
+    """A landmark column as float32; a float64/integer one is cast exactly as numpy's astype would."""
+    if cast:  # safe=False: round to nearest float32 like numpy, instead of refusing inexact values
+        column = pc.cast(column, pa.float32(), safe=False)
+    return column_values(column)
 
 
 def read_landmarks(path: str) -> LandmarkTable:
-    """The selected columns of a landmarks file, after checking its schema."""
+    """The selected columns of a landmarks file, by name, as float32, after checking its schema."""
     if not os.path.exists(path):
         raise FileProblem(f"{path}: parquet file not found")
     try:
         pf = pq.ParquetFile(path)
-        has_frame = check_schema(path, pf.schema_arrow)
-        columns = [INDEX_COLUMN] + ([FRAME_COLUMN] if has_frame else []) + list(SELECTED_COLUMNS)
-        table = pf.read(columns=columns, use_threads=True)
+        layout = check_schema(path, pf.schema_arrow)
+        ids = [INDEX_COLUMN] + ([FRAME_COLUMN] if layout.has_frame else [])
+        table = pf.read(columns=ids + list(SELECTED_COLUMNS), use_threads=True)
+        cast = set(layout.cast)
+        columns = [_float32_values(table.column(c), c in cast) for c in SELECTED_COLUMNS]
     except (pa.ArrowException, OSError) as e:
         raise FileProblem(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from None
-    for name in columns[:2 if has_frame else 1]:
+    for name in ids:
         if table.column(name).null_count:
             raise FileProblem(f"{path}: column {name!r} has null values")
-    offset = 2 if has_frame else 1
     return LandmarkTable(
-        sequence_ids=column_values(table.column(0)).astype(np.int64, copy=False),
-        frames=column_values(table.column(1)) if has_frame else None,
-        columns=[column_values(table.column(offset + j)) for j in range(N_SELECTED_COLUMNS)],
+        sequence_ids=column_values(table.column(INDEX_COLUMN)).astype(np.int64, copy=False),
+        frames=column_values(table.column(FRAME_COLUMN)) if layout.has_frame else None,
+        columns=columns,
+        warnings=[_cast_warning(path, pf.schema_arrow, layout.cast)] if layout.cast else [],
     )
 
 
@@ -374,8 +314,8 @@ def full_hand_frames(table: LandmarkTable, starts: np.ndarray) -> np.ndarray:
     """Per run, the larger of the counts of frames where all 63 left / right hand values are present."""
     if len(starts) == 0:
         return np.empty(0, np.int64)
-    left = _full_rows(table.columns, LEFT_HAND_COLUMNS).astype(np.int64)
-    right = _full_rows(table.columns, RIGHT_HAND_COLUMNS).astype(np.int64)
+    left = _full_rows(table.columns, SELECTED_LEFT_HAND_COLUMNS).astype(np.int64)
+    right = _full_rows(table.columns, SELECTED_RIGHT_HAND_COLUMNS).astype(np.int64)
     return np.maximum(np.add.reduceat(left, starts), np.add.reduceat(right, starts))
 
 
@@ -418,23 +358,8 @@ def _remove_outputs(task: FileTask) -> None:
             os.unlink(path)
 
 
-@contextlib.contextmanager
-def _atomic_path(final: str, temp_dir: str) -> Iterator[str]:
-    """A temporary path in `temp_dir`, renamed to `final` only if the block completes."""
-    tmp = os.path.join(temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{os.path.basename(final)}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json_atomic(data: Any, final: str, temp_dir: str) -> None:
-    with _atomic_path(final, temp_dir) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+def _write_json(data: Any, path: str) -> None:
+    files.atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def _classify_rows(task: FileTask, run_ids: np.ndarray, hand_frames: np.ndarray,
@@ -469,8 +394,7 @@ def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
     # Row-major [rows, 156] once per file, so each record is one contiguous slice.
     values = np.stack(table.columns, axis=1) if kept else np.empty((0, N_SELECTED_COLUMNS), np.float32)
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
-    os.makedirs(os.path.dirname(task.shard), exist_ok=True)
-    with _atomic_path(task.shard, task.out_dir) as tmp, records.ShardWriter(tmp) as writer:
+    with files.atomic_path(task.shard) as tmp, records.ShardWriter(tmp) as writer:
         for row, run in kept:
             block = values[starts[run]:ends[run]]
             writer.write(records.serialize_sequence(
@@ -502,6 +426,8 @@ def process_file(task: FileTask) -> dict[str, Any]:
         result["dropped"][FILE_ERROR] = result["csv_rows"]
         _remove_outputs(task)
         return result
+    for message in table.warnings:
+        _warn(result, message)
     table, run_ids, starts = group_rows(table)
     hand_frames = full_hand_frames(table, starts)
     kept = _classify_rows(task, run_ids, hand_frames, result)
@@ -509,7 +435,7 @@ def process_file(task: FileTask) -> dict[str, Any]:
     if result["kept"] + sum(result["dropped"].values()) != result["csv_rows"]:
         raise AssertionError(f"{task.parquet}: kept + dropped != CSV rows ({result})")
     result["seconds"] = round(time.perf_counter() - started, 3)
-    _write_json_atomic({"fingerprint": task.fingerprint, "result": result}, task.info, task.out_dir)
+    _write_json({"fingerprint": task.fingerprint, "result": result}, task.info)
     return result
 
 
@@ -610,20 +536,106 @@ def _locked(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def clean_temporaries(out_dir: Path) -> int:
-    """Delete what killed runs left half-written; return how many."""
-    stale = list(out_dir.glob(f"{TEMP_PREFIX}*"))
-    for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    return len(stale)
+def _invalidate_manifest(out_dir: Path) -> None:
+    """Delete OUT/manifest.json durably: shards are about to change, and a run killed
+    before it writes the new manifest must not leave one describing the old shards."""
+    try:
+        (out_dir / records.MANIFEST_NAME).unlink()
+    except FileNotFoundError:
+        return
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+        fd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _default_workers() -> int:
+# --- how many workers -------------------------------------------------------------------------
+
+#: A worker's peak memory in multiples of the selected columns it reads: the Arrow table,
+#: the per-column arrays (copies where cast, re-sorted or in several chunks) and the
+#: row-major [rows, 156] stack that records are cut from.
+WORKER_MEMORY_FACTOR = 3
+
+
+def worker_memory_need(num_rows: int, bytes_per_row: int, factor: float = WORKER_MEMORY_FACTOR) -> int:
+    """Bytes one worker needs for a file: rows x bytes of its selected columns per row x `factor`.
+
+    A real file (~160,000 rows; 156 float32 landmark columns + int64 id + int16 frame =
+    634 bytes a row) needs about 0.3 GB; the largest (3 GB of parquet) about 1 GB.
+    """
+    return int(num_rows * bytes_per_row * factor)
+
+
+def choose_workers(cores: int, available_bytes: int | None, largest_need: int, n_files: int) -> int:
+    """min(cores, available memory // the largest file's need, number of files), at least 1.
+
+    `available_bytes` None (unknown) or a `largest_need` of 0 puts no memory bound.
+    """
+    workers = min(cores, n_files)
+    if available_bytes is not None and largest_need > 0:
+        workers = min(workers, available_bytes // largest_need)
+    return max(1, int(workers))
+
+
+def _byte_width(arrow_type: pa.DataType) -> int:
+    try:
+        return max(1, arrow_type.bit_width // 8)
+    except ValueError:  # not fixed-width; a column check will reject it anyway
+        return 8
+
+
+def file_memory_need(path: str) -> int:
+    """`worker_memory_need` of a parquet file, from its footer only (0 if unreadable: its
+    worker reports the problem)."""
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        names = set(schema.names)
+        width = sum(_byte_width(schema.field(c).type)
+                    for c in (INDEX_COLUMN, FRAME_COLUMN, *SELECTED_COLUMNS) if c in names)
+        return worker_memory_need(pf.metadata.num_rows, width)
+    except (pa.ArrowException, OSError, KeyError):
+        return 0
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new work: MemAvailable (or free pages), capped by a cgroup v2
+    limit when the process runs in a container; None when unknown."""
+    found = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo", encoding="ascii") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        found = int(line.split()[1]) * 1024
+    if found is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free_in_group = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found = free_in_group if found is None else min(found, free_in_group)
+    return None if found is None else max(0, found)
+
+
+def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def default_workers(parquets: Sequence[str]) -> int:
+    """Workers for these files when --workers is not given: bounded by cores, memory and files."""
+    cores, available = _cores(), available_memory()
+    largest = max((file_memory_need(p) for p in parquets), default=0)
+    workers = choose_workers(cores, available, largest, len(parquets))
+    if workers < min(cores, len(parquets)):
+        _log.warning("using %d worker(s) instead of %d: %.1f GB of memory available, and a worker "
+                     "needs about %.1f GB for the largest file (set --workers to override)",
+                     workers, min(cores, len(parquets)), available / 1e9, largest / 1e9)
+    return workers
 
 
 def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows: dict[str, int],
@@ -672,25 +684,41 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
         raise PreprocessError("--out must not be the data directory (its files must stay untouched)")
     if not config.min_hand_frames_factor >= 0:
         raise PreprocessError(f"--min-hand-frames-factor must be >= 0, got {config.min_hand_frames_factor}")
-    workers = config.workers if config.workers is not None else _default_workers()
-    if workers < 1:
-        raise PreprocessError(f"--workers must be >= 1, got {workers}")
-    splits = splits_of(config.split)
-    metadata = {split: load_metadata(data_dir, split) for split in splits}
+    if config.workers is not None and config.workers < 1:
+        raise PreprocessError(f"--workers must be >= 1, got {config.workers}")
+    try:
+        splits = splits_of(config.split)
+        metadata = {split: load_metadata(data_dir, split) for split in splits}
+    except MetadataError as e:
+        raise PreprocessError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
-        cleaned = clean_temporaries(out_dir)
-        tasks = [t for split in splits
-                 for t in make_tasks(metadata[split], split, out_dir, config.min_hand_frames_factor)]
-        reused, todo = [], []
-        for task in tasks:
-            previous = None if config.overwrite else reusable_result(task)
-            (reused if previous else todo).append(previous or task)
+        cleaned, reused, todo = start_run(out_dir, metadata, config)
+        workers = config.workers if config.workers is not None else default_workers([t.parquet for t in todo])
         results = reused + run_tasks(todo, workers, config.progress)
         manifest = _summarize(results, config, {s: len(m) for s, m in metadata.items()},
                               workers, cleaned, time.perf_counter() - started)
-        _write_json_atomic(manifest, str(out_dir / records.MANIFEST_NAME), str(out_dir))
+        _write_json(manifest, str(out_dir / records.MANIFEST_NAME))
     return manifest
+
+
+def start_run(out_dir: Path, metadata: dict[str, Metadata],
+              config: PreprocessConfig) -> tuple[int, list[dict[str, Any]], list[FileTask]]:
+    """Under the lock, before any work: (stale temporaries removed, reused results, tasks to do).
+
+    Deletes what killed runs left half-written anywhere under OUT, and the old manifest
+    when this run will replace shards (always with `overwrite`).
+    """
+    cleaned = files.clean_temporaries(out_dir)
+    tasks = [t for split, meta in metadata.items()
+             for t in make_tasks(meta, split, out_dir, config.min_hand_frames_factor)]
+    reused, todo = [], []
+    for task in tasks:
+        previous = None if config.overwrite else reusable_result(task)
+        (reused if previous else todo).append(previous or task)
+    if todo or config.overwrite:
+        _invalidate_manifest(out_dir)
+    return cleaned, reused, todo
 
 
 def report(manifest: dict[str, Any], out_dir: Path, stream=sys.stderr) -> None:

@@ -13,17 +13,16 @@ reader (prediction, evaluation and rendering use it).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fingerspell.schema import INDEX_COLUMN, LANDMARK_COLUMNS
+from fingerspell.data.schema import INDEX_COLUMN, LANDMARK_COLUMNS
+from fingerspell.files import atomic_path
 
 N_LANDMARK_COLUMNS = len(LANDMARK_COLUMNS)  # 1629
 FRAME_COLUMN = "frame"
@@ -54,31 +53,6 @@ def landmarks_schema() -> pa.Schema:
     if _SCHEMA is None:
         _SCHEMA = _arrow_schema()
     return _SCHEMA
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds.
-
-    On any error the temporary file is removed and `path` is left untouched, so a
-    reader never sees a half-written file. `suffix` is kept at the end of the
-    temporary name (for writers that pick the format from the extension).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
 
 
 def _check_sequence(sequence_id, frames) -> tuple[int, np.ndarray]:
@@ -114,8 +88,8 @@ def write_landmarks_parquet(
     `LANDMARK_COLUMNS` order; frames are numbered 0..T-1. Pairs are consumed lazily,
     in `rows_per_group`-row row groups, so a generator can write large files
     without holding them in memory. Each sequence's rows are contiguous, in the
-    order given. The file is written under a temporary name in the same folder and
-    renamed at the end, so `path` is either the complete file or untouched.
+    order given. The file is written through `fingerspell.files.atomic_path`, so `path`
+    is either the complete, fsynced file or untouched.
     """
     path = Path(path)
     items = sequences.items() if isinstance(sequences, Mapping) else sequences
@@ -125,7 +99,7 @@ def write_landmarks_parquet(
     # zstd with byte-stream-split floats: files about half the size and written twice as fast
     # as the defaults; dictionary encoding only where values repeat (the sequence ids).
     options = dict(compression="zstd", use_dictionary=[INDEX_COLUMN], use_byte_stream_split=list(LANDMARK_COLUMNS))
-    with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
         pending: list[tuple[int, np.ndarray]] = []
         pending_rows = 0
         for sequence_id, frames in items:

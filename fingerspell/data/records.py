@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import google_crc32c
 import numpy as np
 
-from fingerspell.schema import N_SELECTED_COLUMNS, SPLIT_FILES
+from fingerspell.data.schema import N_SELECTED_COLUMNS, SPLIT_FILES
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -211,7 +211,7 @@ def _layout_message(n_columns: int, where: str) -> str:
     else:
         found = f"{n_columns} columns per frame"
     return (f"{where}: records have {found}; this toolkit expects {N_SELECTED_COLUMNS} "
-            f"(schema.SELECTED_COLUMNS). Re-run `python -m preprocess` to rebuild them.")
+            f"(schema.SELECTED_COLUMNS). Re-run `fingerspell preprocess` to rebuild them.")
 
 
 def parse_record(serialized: "tf.Tensor | bytes") -> dict[str, "tf.Tensor"]:
@@ -225,7 +225,7 @@ def parse_record(serialized: "tf.Tensor | bytes") -> dict[str, "tf.Tensor"]:
     check = tf.debugging.assert_equal(
         parsed[N_COLUMNS], tf.constant(N_SELECTED_COLUMNS, tf.int64),
         message=f"record has n_columns != {N_SELECTED_COLUMNS} (another column layout or format); "
-                "re-run `python -m preprocess` to rebuild the records")
+                "re-run `fingerspell preprocess` to rebuild the records")
     with tf.control_dependencies([check]):
         flat = tf.io.decode_raw(parsed[LANDMARKS], tf.float32, little_endian=True)
         landmarks = tf.reshape(flat, tf.stack([parsed[N_FRAMES], tf.constant(N_SELECTED_COLUMNS, tf.int64)]))
@@ -243,7 +243,7 @@ def read_manifest(preprocessed_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(preprocessed_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; is {preprocessed_dir} the --out of a finished "
-                                f"`python -m preprocess` run?")
+                                f"`fingerspell preprocess` run?")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -260,7 +260,7 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
     root = Path(preprocessed_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"preprocessed data directory {root} does not exist "
-                                f"(create it with `python -m preprocess --data-dir ... --out {root}`)")
+                                f"(create it with `fingerspell preprocess --data-dir ... --out {root}`)")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     if (root / MANIFEST_NAME).is_file():

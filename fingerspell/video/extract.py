@@ -1,6 +1,6 @@
 """Videos, image folders and .pose files -> landmarks in Kaggle's parquet layout.
 
-    python -m fingerspell.extract INPUT ... --out FILE.parquet [--phrase TEXT] [--csv FILE.csv]
+    fingerspell extract INPUT ... --out FILE.parquet [--phrase TEXT] [--csv FILE.csv]
 
 Each input becomes one sequence:
 
@@ -11,7 +11,7 @@ Each input becomes one sequence:
 * a `.pose` file (pose-format, MediaPipe Holistic components) is converted
   without re-running MediaPipe.
 
-The output is one parquet file in Kaggle's layout (see `fingerspell.landmark_io`)
+The output is one parquet file in Kaggle's layout (see `fingerspell.data.parquet`)
 and a CSV like Kaggle's `train.csv` (`path,file_id,sequence_id,participant_id,phrase`),
 by default next to the parquet with the same stem. In the CSV, `path` is the parquet
 path relative to the CSV's folder, `file_id` is the parquet stem if it is an integer
@@ -35,11 +35,10 @@ ignored; only the first person is taken.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import logging
 import os
 import re
-import sys
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,25 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fingerspell.landmark_io import N_LANDMARK_COLUMNS, atomic_output, write_landmarks_parquet
-from fingerspell.schema import CSV_COLUMNS, LANDMARK_COLUMNS, PARTS
+from fingerspell.data.parquet import N_LANDMARK_COLUMNS, write_landmarks_parquet
+from fingerspell.data.schema import CSV_COLUMNS, PART_SIZES, PARTS, part_columns
+from fingerspell.files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 POSE_SUFFIX = ".pose"
 
 UNKNOWN_PARTICIPANT = -1
-
-# Column offset of (coordinate, part) blocks in LANDMARK_COLUMNS: coordinate-major,
-# then part, then point.
-_N_POINTS = sum(n for _, n in PARTS)  # 543
-_PART_OFFSET: dict[str, int] = {}
-_off = 0
-for _part, _n in PARTS:
-    _PART_OFFSET[_part] = _off
-    _off += _n
-_PART_SIZE = dict(PARTS)
-assert _N_POINTS * 3 == N_LANDMARK_COLUMNS
-assert LANDMARK_COLUMNS[_N_POINTS + _PART_OFFSET["pose"]] == "y_pose_0"
 
 
 class ExtractError(Exception):
@@ -83,10 +73,9 @@ def _empty_frames(n_frames: int) -> np.ndarray:
 
 def _put_part(row_or_rows: np.ndarray, part: str, xyz: np.ndarray) -> None:
     """Write points [..., n, 3] of `part` into rows [..., 1629] (coordinate-major)."""
-    off, n = _PART_OFFSET[part], _PART_SIZE[part]
+    n = PART_SIZES[part]
     for c in range(3):
-        start = c * _N_POINTS + off
-        row_or_rows[..., start:start + n] = xyz[..., :n, c]
+        row_or_rows[..., part_columns(part, c)] = xyz[..., :n, c]
 
 
 def sequence_id_for(name: str) -> int:
@@ -109,20 +98,11 @@ def _natural_key(name: str):
 # MediaPipe Holistic on frames
 
 
-def _import_mediapipe():
-    """Import mediapipe (a few seconds: it loads TensorFlow), with its C++ logging quieted."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import mediapipe as mp
-
-    return mp
-
-
 def _holistic():
     try:
-        mp = _import_mediapipe()
+        import mediapipe as mp  # a few seconds: it loads TensorFlow Lite and its models
     except ImportError as e:  # pragma: no cover - environment problem
-        raise ExtractError(f"mediapipe is not installed ({e})") from e
+        raise ExtractError(f'mediapipe is not installed ({e}): pip install "fingerspell[video]"') from e
     return mp.solutions.holistic.Holistic(
         static_image_mode=False,
         model_complexity=1,
@@ -164,7 +144,7 @@ def landmarks_from_frames(
                     ("right_hand", res.right_hand_landmarks),
                 ):
                     if lms is not None:
-                        _put_part(row, part, _landmark_array(lms, _PART_SIZE[part]))
+                        _put_part(row, part, _landmark_array(lms, PART_SIZES[part]))
                 rows.append(row)
                 bar.update(1)
         finally:
@@ -292,7 +272,7 @@ def landmarks_from_pose(path: str | os.PathLike, progress: bool = True) -> np.nd
         part = _POSE_COMPONENTS.get(comp.name)
         if part is not None:
             found.append(comp.name)
-            want = _PART_SIZE[part]
+            want = PART_SIZES[part]
             if n < want:
                 raise ExtractError(
                     f"{path}: component {comp.name} has {n} points, expected {want}"
@@ -347,14 +327,13 @@ class ExtractSummary:
 def part_presence(frames: np.ndarray) -> dict[str, int]:
     """How many frames have each part (any x non-NaN)."""
     out = {}
-    for part, n in PARTS:
-        off = _PART_OFFSET[part]
-        out[part] = int((~np.isnan(frames[:, off:off + n])).any(axis=1).sum())
+    for part, _ in PARTS:
+        out[part] = int((~np.isnan(frames[:, part_columns(part, 0)])).any(axis=1).sum())
     return out
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
@@ -379,31 +358,30 @@ def extract(
     phrase: str | Sequence[str] | None = None,
     csv_path: str | os.PathLike | None = None,
     progress: bool = True,
-    log=None,
 ) -> ExtractSummary:
     """Extract every input into one Kaggle-layout parquet file plus its CSV.
 
     Inputs that fail are recorded in `summary.failed` (message naming the input)
     and skipped. If none succeeds, nothing is written (`summary.out` is None).
+    Progress and each failure are logged (`fingerspell.video.extract`).
     """
-    log = log if log is not None else (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     csv_path = Path(csv_path) if csv_path is not None else out.with_suffix(".csv")
     phrases = _phrases(phrase, len(inputs))
     summary = ExtractSummary(out=None, csv=None)
     for text in dict.fromkeys(phrases):
         if text:
-            from fingerspell.vocab import unknown_chars
+            from fingerspell.data.vocab import unknown_chars
 
             if bad := unknown_chars(text):
-                log(f"warning: phrase {text!r} has characters outside the model's map: {sorted(bad)}")
+                logger.warning("phrase %r has characters outside the model's map: %s", text, sorted(bad))
     sequences: dict[int, np.ndarray] = {}
     rows = []
     if any(not str(i).lower().endswith(POSE_SUFFIX) and Path(i).exists() for i in inputs):
         t0 = time.perf_counter()
         try:
-            _import_mediapipe()  # once, outside the per-input timings
-            log(f"loaded mediapipe in {time.perf_counter() - t0:.1f} s")
+            import mediapipe  # noqa: F401  (once, outside the per-input timings)
+            logger.info("loaded mediapipe in %.1f s", time.perf_counter() - t0)
         except ImportError:
             pass  # reported per input
     for inp, text in zip(inputs, phrases):
@@ -413,17 +391,17 @@ def extract(
             frames = landmarks_from_input(p, progress=progress)
         except ExtractError as e:
             summary.failed[str(inp)] = str(e)
-            log(f"error: {e}")
+            logger.error("%s", e)
             continue
         except Exception as e:  # anything else unexpected: still name the input
             summary.failed[str(inp)] = f"{inp}: {type(e).__name__}: {e}"
-            log(f"error: {inp}: {type(e).__name__}: {e}")
+            logger.error("%s: %s: %s", inp, type(e).__name__, e)
             continue
         seconds = time.perf_counter() - t0
         if len(frames) == 0:
             msg = f"{inp}: no frames"
             summary.failed[str(inp)] = msg
-            log(f"error: {msg}")
+            logger.error("%s", msg)
             continue
         sid = sequence_id_for(os.path.basename(os.path.abspath(p)))
         while sid in sequences:
@@ -432,13 +410,11 @@ def extract(
         presence = part_presence(frames)
         summary.sequences[sid] = {"input": str(inp), "frames": len(frames), "seconds": seconds, **presence}
         rows.append({"sequence_id": sid, "phrase": text})
-        log(
-            f"{inp}: sequence_id {sid}, {len(frames)} frames in {seconds:.1f} s "
-            f"(face {presence['face']}, pose {presence['pose']}, "
-            f"left hand {presence['left_hand']}, right hand {presence['right_hand']})"
-        )
+        logger.info("%s: sequence_id %d, %d frames in %.1f s (face %d, pose %d, left hand %d, right hand %d)",
+                    inp, sid, len(frames), seconds, presence["face"], presence["pose"], presence["left_hand"],
+                    presence["right_hand"])
     if not sequences:
-        log("error: no input could be extracted; nothing written")
+        logger.error("no input could be extracted; nothing written")
         return summary
     try:
         write_landmarks_parquet(sequences, out)
@@ -456,39 +432,5 @@ def extract(
     ]
     _write_csv(csv_rows, csv_path)
     summary.out, summary.csv = out, csv_path
-    log(f"wrote {out} ({len(sequences)} sequences) and {csv_path}")
+    logger.info("wrote %s (%d sequences) and %s", out, len(sequences), csv_path)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m fingerspell.extract",
-        description="Videos, image folders and .pose files -> landmarks parquet in Kaggle's layout.",
-    )
-    ap.add_argument("inputs", nargs="+", help="video files, folders of images, or .pose files")
-    ap.add_argument("--out", required=True, help="output parquet file")
-    ap.add_argument("--phrase", action="append",
-                    help="phrase for the CSV: once for all inputs, or once per input in order")
-    ap.add_argument("--csv", help="output CSV (default: the parquet path with .csv)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
-    try:
-        phrases = _phrases(args.phrase, len(args.inputs))
-    except ValueError as e:
-        ap.error(str(e))
-    try:
-        summary = extract(args.inputs, args.out, phrase=phrases, csv_path=args.csv,
-                          progress=not args.no_progress)
-    except ExtractError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if summary.failed:
-        print(f"{len(summary.failed)} of {len(args.inputs)} input(s) failed:", file=sys.stderr)
-        for msg in summary.failed.values():
-            print(f"  {msg}", file=sys.stderr)
-        return 1
-    return 0 if summary.sequences else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

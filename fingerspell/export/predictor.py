@@ -1,20 +1,18 @@
 """Run an exported submission on Kaggle-layout parquet files.
 
-`python -m fingerspell.predict SUB_DIR --parquet FILE [--sequence-id ID ...]` prints one
+`fingerspell predict SUB_DIR --parquet FILE [--sequence-id ID ...]` prints one
 line per sequence: its id and the predicted text. `TFLitePredictor` is the library API,
 also used by the evaluator, `transcribe` and `render`. Models run on `ai_edge_litert`
 (tf.lite.Interpreter is deprecated), exactly as Kaggle's grader feeds them.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from fingerspell import vocab
+from fingerspell.data import vocab
 
 SIGNATURE = "serving_default"
 
@@ -33,7 +31,7 @@ class TFLitePredictor:
         model_path, args_path = sub_dir / "model.tflite", sub_dir / "inference_args.json"
         for path in (model_path, args_path):
             if not path.exists():
-                raise PredictorError(f"{path}: not found (is {sub_dir} a directory written by `python -m export`?)")
+                raise PredictorError(f"{path}: not found (is {sub_dir} a directory written by `fingerspell export`?)")
         try:
             self.selected_columns: list[str] = json.loads(args_path.read_text())["selected_columns"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -55,32 +53,3 @@ class TFLitePredictor:
         """Text for one sequence, decoded as the grader does (argmax over axis 1)."""
         lookup = vocab.index_to_char()
         return "".join(lookup.get(int(i), "") for i in np.argmax(self.one_hot(frames), axis=1))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fingerspell.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("sub_dir", type=Path, help="directory with model.tflite and inference_args.json")
-    parser.add_argument("--parquet", required=True, type=Path, help="a Kaggle-layout landmarks parquet file")
-    parser.add_argument("--sequence-id", type=int, nargs="*", help="only these sequences (default: all)")
-    args = parser.parse_args(argv)
-    from fingerspell.landmark_io import read_sequences
-
-    try:
-        predictor = TFLitePredictor(args.sub_dir)
-        if not args.parquet.exists():
-            raise PredictorError(f"{args.parquet}: not found")
-        sequences = read_sequences(args.parquet, predictor.selected_columns, args.sequence_id)
-    except (PredictorError, KeyError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    missing = sorted(set(args.sequence_id or []) - set(sequences))
-    for sequence_id, frames in sequences.items():
-        print(f"{sequence_id}\t{predictor(frames)}")
-    if missing:
-        print(f"error: {args.parquet}: no sequence(s) {missing}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import math
 import tensorflow as tf
 
 from fingerspell.config import Config
-from fingerspell.schema import N_HAND_POINTS
+from fingerspell.data.schema import N_HAND_POINTS
 
 # Points of each finger on MediaPipe's hand (thumb, index, middle, ring, pinky).
 FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))

@@ -16,19 +16,15 @@ Missing points become 0 after normalisation (0 is the mean, the least surprising
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import tensorflow as tf
 
-from fingerspell import schema
+from fingerspell.config import ConfigError
+from fingerspell.data import schema
 
 HAND_FEATURES = schema.N_HAND_POINTS * 3
 SIDE_FEATURES = schema.N_SIDE_POINTS * 3  # 78: the dominant hand and its arm
-SEED_FEATURES = HAND_FEATURES  # the seed drops its pose points by mistake
-
-
-def feature_dim(normalization: str) -> int:
-    return SEED_FEATURES if normalization == "seed" else SIDE_FEATURES
-
 
 def is_nan(x: tf.Tensor) -> tf.Tensor:
     return tf.not_equal(x, x)
@@ -119,37 +115,29 @@ def preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
     return normalize(side_points(frames, frame_len))
 
 
-def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
-    """The seed notebook's pre_process, kept for the benchmark comparison only.
+FrameFunction = Callable[[tf.Tensor, int], tf.Tensor]
 
-    Faithful to its behaviour: hands only (its pose indices come out empty), the hand
-    normalised per frame over all 63 values in the right-hand branch only (the left
-    branch mirrors and skips it), bilinear resize of longer sequences before NaN -> 0.
-    """
-    points = to_points(frames)
-    n_left, n_right = hand_frame_counts(points)
-    left = tf.gather(points, schema.LEFT_HAND_POINTS, axis=1)
-    right = tf.gather(points, schema.RIGHT_HAND_POINTS, axis=1)
-    right_flat = tf.reshape(tf.transpose(right, [0, 2, 1]), [-1, HAND_FEATURES])
-    mean = tf.reduce_mean(right_flat, axis=1, keepdims=True)
-    std = tf.math.reduce_std(right_flat, axis=1, keepdims=True)
-    right_flat = (right_flat - mean) / std
-    mirrored = left * tf.constant([-1.0, 1.0, 1.0]) + tf.constant([1.0, 0.0, 0.0])
-    left_flat = tf.reshape(tf.transpose(mirrored, [0, 2, 1]), [-1, HAND_FEATURES])
-    # The seed picks the left hand when the right one has more NaN frames.
-    x = tf.where(n_left > n_right, left_flat, right_flat)
-    n = tf.shape(x)[0]
-    x = tf.cond(
-        n > frame_len,
-        lambda: tf.image.resize(x[..., None], [frame_len, HAND_FEATURES])[..., 0],
-        lambda: tf.pad(x, [[0, tf.maximum(frame_len - n, 0)], [0, 0]]),
-    )
-    x = tf.where(is_nan(x), tf.zeros_like(x), x)
-    return tf.reshape(x, [frame_len, HAND_FEATURES])
+#: normalization name -> (frame function [T, 156] -> [frame_len, dim], dim). "hand" is ours;
+#: benchmarks register other recipes (bench/seed_recipe.py registers the seed notebook's).
+_NORMALIZATIONS: dict[str, tuple[FrameFunction, int]] = {"hand": (preprocess_frames, SIDE_FEATURES)}
+
+
+def register_normalization(name: str, function: FrameFunction, dim: int) -> None:
+    """Make `normalization=name` in a config run `function` (used by tf.data and the export alike)."""
+    _NORMALIZATIONS[name] = (function, dim)
+
+
+def _lookup(normalization: str) -> tuple[FrameFunction, int]:
+    if normalization not in _NORMALIZATIONS:
+        raise ConfigError(f"normalization={normalization!r}: expected one of {sorted(_NORMALIZATIONS)}")
+    return _NORMALIZATIONS[normalization]
+
+
+def feature_dim(normalization: str) -> int:
+    """Features per frame that the named preprocessing produces."""
+    return _lookup(normalization)[1]
 
 
 def model_input(frames: tf.Tensor, frame_len: int, normalization: str) -> tf.Tensor:
-    """The preprocessing a config names: ours ("hand") or the seed's ("seed")."""
-    if normalization == "seed":
-        return seed_preprocess_frames(frames, frame_len)
-    return preprocess_frames(frames, frame_len)
+    """The frame preprocessing a config names, [T, 156] -> [frame_len, feature_dim]."""
+    return _lookup(normalization)[0](frames, frame_len)

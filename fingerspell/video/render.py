@@ -1,7 +1,7 @@
 """Draw a landmark sequence (hands and arms) as an animated GIF or an MP4.
 
-    python -m fingerspell.render FILE.parquet --sequence-id ID --out anim.gif|anim.mp4
-                                 [--model SUB_DIR] [--fps 15] [--phrase TEXT]
+    fingerspell render FILE.parquet --sequence-id ID --out anim.gif|anim.mp4
+                       [--model SUB_DIR] [--fps 15] [--phrase TEXT]
 
 Each frame shows both hands (MediaPipe's 21-point skeleton, left hand orange,
 right hand blue, as MediaPipe labels them) and the arm pose (shoulders 11/12,
@@ -19,16 +19,16 @@ record, so by default one unit of x is drawn as long as one unit of y
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from fingerspell.landmark_io import atomic_output, list_sequence_ids, read_sequences
-from fingerspell.schema import ARM_CONNECTIONS, HAND_CONNECTIONS, LANDMARK_COLUMNS, N_HAND_POINTS, SPLIT_FILES
+from fingerspell.data.parquet import list_sequence_ids, read_sequences
+from fingerspell.data.schema import (ARM_CONNECTIONS, HAND_CONNECTIONS, LANDMARK_COLUMNS, LANDMARK_INDEX,
+                                     N_HAND_POINTS, SPLIT_FILES)
+from fingerspell.files import atomic_path
 
 #: Pose points drawn: shoulders 11/12, elbows, wrists and the hand points 17-22.
 ARM_DRAW_POINTS: tuple[int, ...] = tuple(range(11, 23))
@@ -56,7 +56,7 @@ _HAND_COLOURS = {"left_hand": (0, 140, 255), "right_hand": (200, 90, 20)}
 _HEADER_H = 56
 _MARGIN = 16
 
-_COLUMN_INDEX = {name: i for i, name in enumerate(LANDMARK_COLUMNS)}
+_COLUMN_INDEX = LANDMARK_INDEX
 
 
 class RenderError(Exception):
@@ -285,7 +285,7 @@ def write_animation(images: Sequence[np.ndarray], out_path: str | os.PathLike, f
         raise RenderError("no frames to write")
     if fps <= 0:
         raise RenderError(f"fps must be positive, got {fps}")
-    with atomic_output(out_path, suffix=suffix) as tmp:
+    with atomic_path(out_path, suffix=suffix) as tmp:
         if suffix == ".gif":
             from PIL import Image
 
@@ -335,7 +335,7 @@ def render_sequence(
 
 
 # ---------------------------------------------------------------------------
-# Phrases, predictions and the command
+# Phrases and predictions
 
 
 def find_phrase(parquet_path: str | os.PathLike, sequence_id: int) -> str | None:
@@ -365,9 +365,9 @@ def find_phrase(parquet_path: str | os.PathLike, sequence_id: int) -> str | None
 def predict_sequence(model_dir: str | os.PathLike, parquet_path, sequence_id: int) -> str:
     """The prediction of the TFLite model in `model_dir` for one sequence of a file."""
     try:
-        from fingerspell.predict import TFLitePredictor
+        from fingerspell.export.predictor import TFLitePredictor
     except ImportError as e:
-        raise RenderError(f"--model needs fingerspell.predict.TFLitePredictor ({e})") from e
+        raise RenderError(f"--model needs fingerspell.export.predictor.TFLitePredictor ({e})") from e
     try:
         predictor = TFLitePredictor(model_dir)
         cols = list(predictor.selected_columns)
@@ -412,40 +412,3 @@ def render_from_parquet(
                         columns=RENDER_COLUMNS, size=size, aspect=aspect)
     return {"sequence_id": sequence_id, "frames": n, "phrase": phrase,
             "prediction": None if prediction is None else prediction[1:-1]}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m fingerspell.render",
-        description="Draw one landmark sequence (hands and arms) as a GIF or MP4.",
-    )
-    ap.add_argument("parquet", help="landmarks parquet file in Kaggle's layout")
-    ap.add_argument("--sequence-id", type=int, help="sequence to draw (default: the first in the file)")
-    ap.add_argument("--out", required=True, help="output .gif or .mp4")
-    ap.add_argument("--model", help="exported model folder (model.tflite + inference_args.json)")
-    ap.add_argument("--fps", type=float, default=15.0)
-    ap.add_argument("--phrase", help="phrase to show (default: from a CSV beside the parquet)")
-    ap.add_argument("--size", type=int, default=480, help="plot height in pixels")
-    ap.add_argument("--aspect", type=float, default=1.0,
-                    help="source video width/height, to draw x and y in its proportions")
-    args = ap.parse_args(argv)
-    try:
-        info = render_from_parquet(args.parquet, args.sequence_id, args.out, model_dir=args.model,
-                                   fps=args.fps, phrase=args.phrase, size=args.size, aspect=args.aspect)
-    except RenderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, KeyError, ValueError) as e:  # not a parquet file, a missing column, ...
-        print(f"error: {args.parquet}: cannot render ({e})", file=sys.stderr)
-        return 2
-    msg = f"wrote {args.out}: sequence {info['sequence_id']}, {info['frames']} frames"
-    if info["phrase"]:
-        msg += f', phrase "{info["phrase"]}"'
-    if info["prediction"] is not None:
-        msg += f', prediction "{info["prediction"]}"'
-    print(msg, file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from fingerspell import vocab
+from fingerspell.data import vocab
 
 MAX_PHRASE_LEN = 31
 PHRASE_TYPES: tuple[str, ...] = ("address", "url", "phone")

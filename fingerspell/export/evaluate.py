@@ -1,6 +1,6 @@
 """A local stand-in for Kaggle's grader.
 
-`python -m fingerspell.evaluate SUB_DIR --data-dir DATASET [--split train|supplemental] [--limit N]`
+`fingerspell evaluate SUB_DIR --data-dir DATASET [--split train|supplemental] [--limit N]`
 reads the raw parquet files and the CSV (not our TFRecords), feeds each sequence to the
 TFLite model exactly as the grader does (the `inference_args.json` columns, NaN kept),
 and reports the score (N - D) / N overall and per phrase type, latency per sequence,
@@ -8,9 +8,7 @@ and the model size; it also writes a JSON report.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,10 +18,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fingerspell import metric
-from fingerspell.landmark_io import read_sequences
-from fingerspell.phrases import phrase_type
-from fingerspell.predict import PredictorError, TFLitePredictor
-from fingerspell.preprocessing import SPLIT_SOURCES, Metadata, PreprocessError, load_metadata
+from fingerspell.files import atomic_write
+from fingerspell.data.parquet import read_sequences
+from fingerspell.data.phrases import phrase_type
+from fingerspell.export.predictor import PredictorError, TFLitePredictor
+from fingerspell.data.metadata import SPLIT_SOURCES, Metadata, MetadataError, load_metadata
 
 class EvaluationError(RuntimeError):
     """A dataset that cannot be evaluated; the message names the file."""
@@ -35,7 +34,7 @@ def select_rows(meta: Metadata, limit: int = 0, held_out_run: Path | None = None
     if held_out_run is not None:
         split_path = Path(held_out_run) / "split.json"
         if not split_path.exists():
-            raise EvaluationError(f"{split_path}: not found (--held-out takes a run directory of `python -m train`)")
+            raise EvaluationError(f"{split_path}: not found (--held-out takes a run directory of `fingerspell train`)")
         split = json.loads(split_path.read_text())
         ids = meta.participant_ids if split["key"] == "participant_id" else meta.file_ids
         rows = rows[np.isin(ids, split["validation"])]
@@ -47,7 +46,7 @@ def evaluate(sub_dir: Path, data_dir: Path, split: str = "train", limit: int = 0
     predictor = TFLitePredictor(sub_dir)
     try:
         meta = load_metadata(Path(data_dir), split)
-    except PreprocessError as err:
+    except MetadataError as err:
         raise EvaluationError(str(err)) from None
     rows = select_rows(meta, limit, held_out_run)
     by_file: dict[str, list[int]] = defaultdict(list)
@@ -78,7 +77,7 @@ def evaluate(sub_dir: Path, data_dir: Path, split: str = "train", limit: int = 0
     report.update(split=split, data_dir=str(data_dir), sub_dir=str(sub_dir), missing_sequences=missing,
                   held_out_run=str(held_out_run) if held_out_run else None)
     if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(report_path, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -121,28 +120,3 @@ def format_report(report: dict) -> str:
     if report.get("missing_sequences"):
         lines.append(f"warning: {len(report['missing_sequences'])} CSV sequences absent from their parquet files")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fingerspell.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("sub_dir", type=Path, help="directory with model.tflite and inference_args.json")
-    parser.add_argument("--data-dir", required=True, type=Path, help="Kaggle-layout dataset directory")
-    parser.add_argument("--split", choices=tuple(SPLIT_SOURCES), default="train")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N CSV rows")
-    parser.add_argument("--held-out", type=Path, metavar="RUN_DIR",
-                        help="only the signers (or files) that this training run held out for validation")
-    parser.add_argument("--report", type=Path, help="JSON report path (default SUB_DIR/evaluation.json)")
-    args = parser.parse_args(argv)
-    try:
-        report = evaluate(args.sub_dir, args.data_dir, args.split, args.limit,
-                          args.report or args.sub_dir / "evaluation.json", held_out_run=args.held_out)
-    except (EvaluationError, PredictorError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"report: {args.report or args.sub_dir / 'evaluation.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Data: the Kaggle layout and what flows through the pipeline before the model.
+
+`schema` (landmark columns, the selected 156), `vocab` (character map, special tokens),
+`phrases` (phrase kinds), `metadata` (the metadata CSVs), `parquet` (Kaggle-layout landmark
+files), `convert` (parquet -> TFRecord shards: the `preprocess` stage), `records` (the shard
+format) and `pipeline` (tf.data: records -> model batches). Only `pipeline` imports TensorFlow.
+"""

@@ -1,0 +1,16 @@
+"""Frame features: the shared frame preprocessing (`frames`) and training-time augmentation (`augment`).
+
+The frame functions are re-exported here so callers write `features.model_input(...)`.
+"""
+from fingerspell.features.frames import (  # noqa: F401
+    SIDE_FEATURES,
+    dominant_side,
+    feature_dim,
+    fit_length,
+    model_input,
+    normalize,
+    preprocess_frames,
+    register_normalization,
+    side_points,
+    to_points,
+)

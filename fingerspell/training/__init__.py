@@ -1,0 +1,1 @@
+"""Training runs: optimizer, checkpoints, resume, validation score, metrics and curves (`trainer`)."""
