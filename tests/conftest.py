@@ -10,8 +10,12 @@ broken variants (other dtypes, missing or reordered columns, shuffled rows).
 """
 from __future__ import annotations
 
-import hashlib
 import os
+
+# Tests are an entry point: like the `fingerspell` command, pin Keras to TensorFlow before it is imported.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,26 +25,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fingerspell.landmark_io import FRAME_COLUMN, write_landmarks_parquet
-from fingerspell.schema import (
+from fingerspell.data.parquet import FRAME_COLUMN, write_landmarks_parquet
+from fingerspell.data.schema import (
     INDEX_COLUMN,
     LANDMARK_COLUMNS,
-    LEFT_HAND_POINTS,
-    N_SELECTED_POINTS,
-    RIGHT_HAND_POINTS,
-    SELECTED_COLUMNS,
+    SELECTED_LANDMARK_POSITIONS,
+    SELECTED_LEFT_HAND_COLUMNS,
+    SELECTED_RIGHT_HAND_COLUMNS,
     column_index,
 )
 
-
-def hand_landmark_columns(points) -> np.ndarray:
-    """Positions among the 1629 `LANDMARK_COLUMNS` of a hand's 63 selected columns."""
-    selected = [SELECTED_COLUMNS[c * N_SELECTED_POINTS + p] for c in range(3) for p in points]
-    return np.array([column_index(name) for name in selected])
-
-
-LEFT_COLS = hand_landmark_columns(LEFT_HAND_POINTS)
-RIGHT_COLS = hand_landmark_columns(RIGHT_HAND_POINTS)
+# Positions among the 1629 `LANDMARK_COLUMNS` of each hand's 63 selected columns.
+LEFT_COLS = SELECTED_LANDMARK_POSITIONS[SELECTED_LEFT_HAND_COLUMNS]
+RIGHT_COLS = SELECTED_LANDMARK_POSITIONS[SELECTED_RIGHT_HAND_COLUMNS]
 
 
 @dataclass
@@ -136,12 +133,30 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    """Every test starts from the same random state, whatever ran before it.
+
+    Python's, NumPy's global, TensorFlow's and Keras's seeds (initial weights of models
+    built without a seed, unseeded `tf.random` ops) are reset to 0 before each test.
+    """
+    import random
+    import sys
+
+    random.seed(0)
+    np.random.seed(0)
+    if "tensorflow" in sys.modules:  # only when a test module uses it: no TensorFlow import otherwise
+        import keras
+
+        keras.utils.set_random_seed(0)
+
+
 # --- session-wide synthetic data, preprocessed records and a trained, exported model -------------
 
 @pytest.fixture(scope="session")
 def synthetic_small(tmp_path_factory) -> Path:
     """A small Kaggle-layout synthetic dataset: 2 files x 40 sequences by 6 signers."""
-    from fingerspell.synth import generate_dataset
+    from fingerspell.synth.generator import generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, files=2, sequences_per_file=40, participants=6, seed=7, supplemental_files=0)
@@ -150,7 +165,7 @@ def synthetic_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def preprocessed_small(synthetic_small, tmp_path_factory) -> Path:
-    from fingerspell.preprocessing import PreprocessConfig, preprocess
+    from fingerspell.data.convert import PreprocessConfig, preprocess
 
     out = tmp_path_factory.mktemp("preprocessed")
     manifest = preprocess(PreprocessConfig(data_dir=synthetic_small, out_dir=out, progress=False))
@@ -158,22 +173,33 @@ def preprocessed_small(synthetic_small, tmp_path_factory) -> Path:
     return out
 
 
+def train_small_run(data_dir: str, run_dir: str) -> dict:
+    """The `trained_run` training; run by `run_deterministic` in a child process."""
+    from fingerspell.config import Config
+    from fingerspell.training.trainer import train
+
+    cfg = Config(num_hid=64, ff_dim=128, batch_size=16, epochs=12, eval_every=4, show_examples_every=0,
+                 learning_rate=2e-3, seed=0)
+    return train(Path(data_dir), Path(run_dir), cfg)
+
+
 @pytest.fixture(scope="session")
 def trained_run(preprocessed_small, tmp_path_factory) -> Path:
-    """A small model trained briefly (a few minutes at most): enough to give varied predictions."""
-    from fingerspell.config import Config
-    from fingerspell.training import train
+    """A small model trained briefly, the same weights on every run (fixed seeds, op determinism).
+
+    Its quality is whatever 12 short epochs give: tests may compare it with its own
+    exports, never assert how well it reads.
+    """
+    from tests.deterministic import run_deterministic
 
     run = tmp_path_factory.mktemp("run") / "run"
-    cfg = Config(num_hid=64, ff_dim=128, batch_size=16, epochs=12, eval_every=4, show_examples_every=0,
-                 learning_rate=2e-3)
-    train(preprocessed_small, run, cfg)
+    run_deterministic("tests.conftest:train_small_run", str(preprocessed_small), str(run))
     return run
 
 
 @pytest.fixture(scope="session")
 def exported(trained_run, tmp_path_factory) -> Path:
-    from fingerspell.exporting import export_run
+    from fingerspell.export.tflite import export_run
 
     out = tmp_path_factory.mktemp("submission")
     export_run(trained_run, out)

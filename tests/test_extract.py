@@ -1,7 +1,7 @@
-"""fingerspell.extract and fingerspell.landmark_io on real recordings.
+"""fingerspell.video.extract and fingerspell.data.parquet on real recordings.
 
-The real data (a selfie video and two pose-format files of MediaPipe Holistic
-landmarks) lives in `shared/data/real` beside the repository.
+The real data (a selfie video and two short pose-format files of MediaPipe
+Holistic landmarks) lives in tests/fixtures (see its README.md).
 """
 from __future__ import annotations
 
@@ -13,19 +13,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fingerspell import extract as ex
-from fingerspell.landmark_io import list_sequence_ids, read_sequences, write_landmarks_parquet
-from fingerspell.schema import LANDMARK_COLUMNS, PARQUET_COLUMNS, PARTS
+from fingerspell import cli
+from fingerspell.video import extract as ex
+from fingerspell.data.parquet import list_sequence_ids, read_sequences, write_landmarks_parquet
+from fingerspell.data.schema import LANDMARK_COLUMNS, PARQUET_COLUMNS, PARTS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-VIDEO = REAL / "signer_selfie.mp4"
-POSE_A = REAL / "0ff215ef4f1f111e217e2cefee0adc77.pose"  # right hand only
-POSE_B = REAL / "7bd6dd48722def3cf84258b96371cb1e.pose"  # left hand only
+from tests.fixtures import fixture, require
 
-needs_real = pytest.mark.skipif(
-    not (VIDEO.is_file() and POSE_A.is_file() and POSE_B.is_file()),
-    reason=f"real test recordings not found in {REAL} (the shared/ folder beside the repository)",
-)
+VIDEO = fixture("signer_selfie.mp4")  # 58 frames
+POSE_A = fixture("0ff215ef_right_hand.pose")  # right hand only: 14 frames, the hand in 10
+POSE_B = fixture("7bd6dd48_left_hand.pose")  # left hand only: 14 frames, the hand in 13
 
 _N = sum(n for _, n in PARTS)
 _OFF = {}
@@ -64,8 +61,7 @@ def pose_component(path: Path, name: str):
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory):
     """One extraction of the video and both pose files (the expensive part, done once)."""
-    if not (VIDEO.is_file() and POSE_A.is_file() and POSE_B.is_file()):
-        pytest.skip(f"real test recordings not found in {REAL}")
+    require(VIDEO, POSE_A, POSE_B)
     out = tmp_path_factory.mktemp("extract") / "real.parquet"
     summary = ex.extract([VIDEO, POSE_A, POSE_B], out, phrase="real test", progress=False)
     assert not summary.failed, summary.failed
@@ -73,7 +69,7 @@ def extracted(tmp_path_factory):
     return out, summary, by_input
 
 
-@needs_real
+@pytest.mark.slow
 def test_parquet_layout_is_kaggles(extracted):
     out, summary, _ = extracted
     df = pd.read_parquet(out)
@@ -82,7 +78,7 @@ def test_parquet_layout_is_kaggles(extracted):
     assert tuple(df.columns) == PARQUET_COLUMNS  # frame, then the 1629 in exact order
     assert df["frame"].dtype == np.int16
     assert (df.dtypes.iloc[1:] == np.float32).all()
-    assert len(df) == 58 + 121 + 91
+    assert len(df) == 58 + 14 + 14
     # The index column is stored first, and projection by name works.
     schema = pq.read_schema(out)
     assert schema.names[:3] == ["sequence_id", "frame", "x_face_0"]
@@ -95,7 +91,7 @@ def test_parquet_layout_is_kaggles(extracted):
         assert (df.loc[sid, "frame"].to_numpy() == np.arange(summary.sequences[sid]["frames"])).all()
 
 
-@needs_real
+@pytest.mark.slow
 def test_video_landmarks(extracted):
     out, summary, by_input = extracted
     sid = by_input[VIDEO.name]
@@ -122,7 +118,7 @@ def test_video_landmarks(extracted):
     assert summary.sequences[sid]["right_hand"] == right.sum()
 
 
-@needs_real
+@pytest.mark.slow
 @pytest.mark.parametrize("pose_path, hand, other", [(POSE_A, "right_hand", "left_hand"),
                                                     (POSE_B, "left_hand", "right_hand")])
 def test_pose_import(extracted, pose_path, hand, other):
@@ -135,9 +131,9 @@ def test_pose_import(extracted, pose_path, hand, other):
     assert (present(frames, hand) == expected_present).all()
     assert not present(frames, other).any()
     if pose_path == POSE_A:
-        assert frames.shape[0] == 121 and expected_present.sum() == 103
+        assert frames.shape[0] == 14 and expected_present.sum() == 10
     else:
-        assert frames.shape[0] == 91 and expected_present.sum() == 90
+        assert frames.shape[0] == 14 and expected_present.sum() == 13
     # x / width, y / height, z as stored.
     block = part_block(frames, hand)[expected_present]
     np.testing.assert_allclose(block[..., 0], data[expected_present][..., 0] / width, rtol=1e-6)
@@ -151,7 +147,7 @@ def test_pose_import(extracted, pose_path, hand, other):
     assert 0.0 < face.min() and face.max() < 1.0
 
 
-@needs_real
+@pytest.mark.slow
 def test_csv_beside_parquet(extracted):
     out, summary, _ = extracted
     csv_path = out.with_suffix(".csv")
@@ -166,10 +162,11 @@ def test_csv_beside_parquet(extracted):
         assert int(r["file_id"]) == ex.file_id_for(out) and int(r["participant_id"]) == -1
 
 
-@needs_real
+@pytest.mark.slow
 def test_bad_inputs_are_reported_and_the_rest_written(tmp_path, capsys):
     import cv2
 
+    require(VIDEO, POSE_A)
     folder = tmp_path / "frames"
     folder.mkdir()
     cap = cv2.VideoCapture(str(VIDEO))
@@ -188,8 +185,8 @@ def test_bad_inputs_are_reported_and_the_rest_written(tmp_path, capsys):
     (bad_folder / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out" / "mixed.parquet"
 
-    rc = ex.main([str(not_video), str(missing), str(folder), str(corrupt_pose), str(bad_folder),
-                  "--out", str(out), "--no-progress", "--phrase", "abc"])
+    rc = cli.main(["extract", str(not_video), str(missing), str(folder), str(corrupt_pose), str(bad_folder),
+                   "--out", str(out), "--no-progress", "--phrase", "abc"])
     err = capsys.readouterr().err
     assert rc == 1
     for bad in (not_video, missing, corrupt_pose, bad_folder / "0.png"):
@@ -210,7 +207,7 @@ def test_bad_inputs_are_reported_and_the_rest_written(tmp_path, capsys):
 
 def test_nothing_written_when_every_input_fails(tmp_path, capsys):
     out = tmp_path / "none.parquet"
-    rc = ex.main([str(tmp_path / "nope.mp4"), "--out", str(out), "--no-progress"])
+    rc = cli.main(["extract", str(tmp_path / "nope.mp4"), "--out", str(out), "--no-progress"])
     assert rc == 1
     assert "nope.mp4" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -258,8 +255,8 @@ def test_read_sequences_groups_and_orders_by_frame(tmp_path):
         read_sequences(path, ["x_no_such_column"])
 
 
-@needs_real
 def test_sequence_ids_are_deterministic_and_unique(tmp_path):
+    require(POSE_B)
     assert ex.sequence_id_for("signer_selfie.mp4") == ex.sequence_id_for("signer_selfie.mp4")
     assert 0 <= ex.sequence_id_for("a") < 2**31
     assert ex.file_id_for("train_landmarks/1019715464.parquet") == 1019715464

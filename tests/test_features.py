@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fingerspell import augment, features, schema
+from bench.seed_recipe import seed_preprocess_frames
+from fingerspell import features
+from fingerspell.features import augment
+from fingerspell.data import schema
 from fingerspell.config import Config
 
 COL = {name: i for i, name in enumerate(schema.SELECTED_COLUMNS)}
@@ -104,8 +107,8 @@ def test_long_sequences_are_resampled_to_nearest_frames():
 
 def test_seed_preprocessing_shape_and_left_branch_defect():
     rng = np.random.default_rng(4)
-    right = features.seed_preprocess_frames(tf.constant(hand_frames(50, "right_hand", rng))).numpy()
-    left = features.seed_preprocess_frames(tf.constant(hand_frames(50, "left_hand", rng))).numpy()
+    right = seed_preprocess_frames(tf.constant(hand_frames(50, "right_hand", rng))).numpy()
+    left = seed_preprocess_frames(tf.constant(hand_frames(50, "left_hand", rng))).numpy()
     assert right.shape == left.shape == (128, 63)
     assert abs(right[:50].mean()) < 1e-4  # normalised per frame
     assert left[:50].mean() > 0.2  # the seed's left branch skips normalisation
@@ -147,7 +150,7 @@ def test_drop_frames_and_points_blank_with_nan():
 
 def test_training_pipeline_matches_the_export_preprocessing_when_augmentation_is_neutral(tmp_path):
     """The batched training path (augment, then normalise batches) is the export's function in disguise."""
-    from fingerspell import data
+    from fingerspell.data import pipeline
 
     rng = np.random.default_rng(6)
     sequences = [hand_frames(n, side, rng) for n, side in [(40, "right_hand"), (200, "left_hand"), (90, "right_hand")]]
@@ -156,9 +159,9 @@ def test_training_pipeline_matches_the_export_preprocessing_when_augmentation_is
     records_ds = tf.data.Dataset.from_generator(
         lambda: ({"landmarks": s, "phrase": "ab"} for s in sequences),
         output_signature={"landmarks": tf.TensorSpec([None, 156], tf.float32), "phrase": tf.TensorSpec([], tf.string)})
-    batched = data.training_batches(records_ds, neutral, training=False, batch_size=3)
+    batched = pipeline.training_batches(records_ds, neutral, training=False, batch_size=3)
     (per_example, _), _ = next(iter(batched))
-    augmenting = data.training_batches(records_ds, neutral, training=True, batch_size=3, shuffle_buffer=1)
+    augmenting = pipeline.training_batches(records_ds, neutral, training=True, batch_size=3, shuffle_buffer=1)
     (frames, _), _ = next(iter(augmenting))
     expected = np.stack([features.preprocess_frames(tf.constant(s)).numpy() for s in sequences])
     np.testing.assert_allclose(per_example.numpy(), expected, atol=1e-6)

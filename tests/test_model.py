@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fingerspell import metric, vocab
+from bench.seed_recipe import seed_config
+from fingerspell import metric
+from fingerspell.data import vocab
 from fingerspell.config import Config, ConfigError
-from fingerspell.model import build_model
+from fingerspell.model.transformer import build_model
 
 SMALL = Config(num_hid=32, num_heads=4, ff_dim=64, dropout=0.0, frame_len=32, max_target_len=16)
 
@@ -55,9 +57,9 @@ def test_masked_loss_ignores_padding():
 
 def test_key_dim_defaults_to_num_hid_over_heads():
     assert Config().attention_key_dim == 50
-    assert Config.seed_notebook().attention_key_dim == 200
+    assert seed_config().attention_key_dim == 200
     ours = build_model(Config(), 78).count_params()
-    seed = build_model(Config.seed_notebook(), 63).count_params()
+    seed = build_model(seed_config(), 63).count_params()
     assert seed > ours  # four times the attention projections
 
 

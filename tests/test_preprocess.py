@@ -6,7 +6,9 @@ each CSV row is known in advance: kept, or dropped for one stated reason.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,12 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import SeqSpec, tree_digest, write_csv, write_kaggle_dataset
-from fingerspell import preprocessing, records
-from fingerspell.preprocessing import PreprocessConfig, PreprocessError, preprocess
-from fingerspell.schema import LANDMARK_COLUMNS, N_SELECTED_COLUMNS, SELECTED_COLUMNS, column_index
+from fingerspell.data import convert as preprocessing, records
+from fingerspell.data.convert import PreprocessConfig, PreprocessError, preprocess
+from fingerspell.data.schema import LANDMARK_COLUMNS, N_SELECTED_COLUMNS, SELECTED_COLUMNS, column_index
 
 REPO = Path(__file__).resolve().parent.parent
 SELECTED_IDX = np.array([column_index(c) for c in SELECTED_COLUMNS])
@@ -130,12 +134,14 @@ def test_factor_is_configurable(basic_data, tmp_path):
 
 # --- the command line: pool, re-runs, overwrite ------------------------------------------------
 
+@pytest.mark.slow  # CLI subprocesses with worker processes
 def test_cli_parallel_rerun_skips_and_overwrite_redoes(basic_data, tmp_path, subprocess_env):
     data, _ = basic_data
     out = tmp_path / "out"
     run_cli(["--data-dir", data, "--out", out, "--workers", 2], subprocess_env, check_rc=0)
     first = records.read_manifest(out)
     assert first["kept"] == len(BASIC_KEPT) and first["dropped"] == BASIC_DROPPED
+    assert first["settings"]["workers"] == 2  # an explicit --workers is used as given
     assert first["run"]["files_reused"] == 0
     shard = out / "train" / "101.tfrecord"
     stamp = shard.stat().st_mtime_ns, shard.stat().st_ino
@@ -178,24 +184,17 @@ def test_rerun_redoes_a_file_whose_csv_rows_changed(basic_data, tmp_path):
 
 # --- bad input files ------------------------------------------------------------------------
 
-def _swapped_columns() -> list[str]:
-    cols = list(LANDMARK_COLUMNS)
-    i, j = cols.index(SELECTED_COLUMNS[0]), cols.index(SELECTED_COLUMNS[1])
-    cols[i], cols[j] = cols[j], cols[i]
-    return cols
-
-
 BAD_FILES = {
     202: ("parquet file not found", None),
     203: ("cannot read parquet file", None),  # garbage bytes
     204: (f"missing column(s) ['{SELECTED_COLUMNS[3]}']", {"columns": [c for c in LANDMARK_COLUMNS
                                                                       if c != SELECTED_COLUMNS[3]]}),
-    205: ("is double, expected float32", {"dtype": np.float64}),
-    206: ("not in Kaggle's order", {"columns": _swapped_columns()}),
+    205: (f"landmark column '{SELECTED_COLUMNS[0]}' is string, expected numbers", {"dtype": str}),
     207: ("cannot read parquet file", None),  # truncated
 }
 
 
+@pytest.mark.slow  # CLI subprocesses with worker processes
 def test_bad_files_are_reported_and_the_rest_is_processed(tmp_path, subprocess_env):
     data = tmp_path / "data"
     files = {201: [SeqSpec(1, "ab", left_full=9), SeqSpec(2, "ab", left_full=1)]}
@@ -238,6 +237,102 @@ def test_a_file_that_turns_bad_loses_its_old_shard(basic_data, tmp_path):
     assert records.shard_paths(out) == [out / "train" / "101.tfrecord"]
     assert manifest["dropped"]["file_error"] == 3
 
+
+# --- other column types and orders ------------------------------------------------------------
+
+CAST_FILES = {
+    301: [SeqSpec(1, "ab", left_full=9), SeqSpec(2, "abc", right_full=8), SeqSpec(3, "abcd", left_full=3)],
+    302: [SeqSpec(4, "ab", right_full=9), SeqSpec(5, "abc", left_full=4, partial=8)],
+}
+
+
+def _write_table(path: Path, sequences: dict[int, np.ndarray], columns: list[str], to_arrow) -> None:
+    """A landmarks file as pandas users write one: the index column last, `to_arrow` per column."""
+    values = np.concatenate(list(sequences.values()))
+    arrays = {"frame": np.concatenate([np.arange(len(f), dtype=np.int16) for f in sequences.values()])}
+    arrays.update({c: to_arrow(values[:, column_index(c)]) for c in columns})
+    arrays["sequence_id"] = np.concatenate([np.full(len(f), sid, np.int64) for sid, f in sequences.items()])
+    pq.write_table(pa.table(arrays), path)
+
+
+def test_float64_and_integer_columns_in_any_order_are_cast_with_one_warning_per_file(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    written = write_kaggle_dataset(data, CAST_FILES)
+    landmarks = data / "train_landmarks"
+    # 301: float64 (pandas' default) in a shuffled column order, NaN stored as null as pandas does.
+    doubles = {sid: f.astype(np.float64) / 3 for sid, f in written[301].items()}  # not float32-exact
+    shuffled = [str(c) for c in np.random.default_rng(1).permutation(LANDMARK_COLUMNS)]
+    _write_table(landmarks / "301.parquet", doubles, shuffled, lambda v: pa.array(v, from_pandas=True))
+    # 302: int64 with nulls; values above 2**24, so the float32 cast has to round.
+    ints = {sid: np.round(f.astype(np.float64) * 1e8) for sid, f in written[302].items()}
+    _write_table(landmarks / "302.parquet", ints, list(LANDMARK_COLUMNS),
+                 lambda v: pa.array(np.nan_to_num(v).astype(np.int64), mask=np.isnan(v)))
+
+    manifest = preprocess(PreprocessConfig(data, out, workers=1, progress=False))
+    assert manifest["errors"] == [] and manifest["kept"] == 3
+    per_file = {f["file_id"]: f for f in manifest["files"]}
+    for file_id, stored in ((301, "double"), (302, "int64")):
+        assert per_file[file_id]["n_warnings"] == 1, per_file[file_id]["warnings"]
+        (message,) = per_file[file_id]["warnings"]
+        assert f"{file_id}.parquet: 156 landmark column(s) stored as {stored} instead of float32" in message
+    printed = io.StringIO()
+    preprocessing.report(manifest, out, stream=printed)
+    assert printed.getvalue().count("instead of float32") == 2
+
+    got = read_all(out)
+    assert sorted(got) == [1, 2, 4]  # 3: 2*4 < 3 fails; 5: partial frames do not count, 2*3 < 4 fails
+    for sid, source in [(1, doubles[1]), (2, doubles[2]), (4, ints[4])]:
+        want = source[:, SELECTED_IDX].astype(np.float32)  # numpy's cast: round to nearest, NaN kept
+        values = got[sid]["landmarks"]
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(values), nan)
+        assert nan.any() and (~nan).any()
+        np.testing.assert_array_equal(values.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+
+
+def test_a_float32_file_in_another_column_order_gives_the_same_records_without_warnings(basic_data, tmp_path):
+    data, written = basic_data
+    _write_table(data / "train_landmarks" / "101.parquet", written[101], list(LANDMARK_COLUMNS)[::-1],
+                 lambda v: pa.array(v, pa.float32()))
+    manifest = preprocess(PreprocessConfig(data, tmp_path / "out", workers=1, progress=False))
+    assert manifest["kept"] == len(BASIC_KEPT) and manifest["dropped"] == BASIC_DROPPED
+    assert [f["n_warnings"] for f in manifest["files"]] == [2, 0]  # 101's phrase 'Hello' and sequence 6 only
+    got = read_all(tmp_path / "out")
+    for sid in (1, 3, 8):
+        np.testing.assert_array_equal(got[sid]["landmarks"], expected_landmarks(written, 101, sid))
+
+
+# --- workers and memory -----------------------------------------------------------------------
+
+def test_worker_count_is_bounded_by_memory_cores_and_files(tmp_path, monkeypatch, caplog):
+    row_bytes = 8 + 2 + 156 * 4  # sequence_id int64, frame int16, 156 float32
+    need = preprocessing.worker_memory_need(num_rows=160_000, bytes_per_row=row_bytes)
+    assert need == 160_000 * row_bytes * 3
+    choose = preprocessing.choose_workers
+    assert choose(cores=16, available_bytes=2 * need + 1, largest_need=need, n_files=68) == 2  # memory
+    assert choose(cores=16, available_bytes=100 * need, largest_need=need, n_files=68) == 16  # cores
+    assert choose(cores=16, available_bytes=100 * need, largest_need=need, n_files=3) == 3  # files
+    assert choose(cores=16, available_bytes=need // 2, largest_need=need, n_files=68) == 1  # at least one
+    assert choose(cores=16, available_bytes=None, largest_need=need, n_files=68) == 16  # memory unknown
+
+    # A file's need comes from its footer: rows x bytes of the columns a worker reads x 3.
+    specs = {1: [SeqSpec(1, "ab"), SeqSpec(2, "ab", n_frames=13)]}
+    written = write_kaggle_dataset(tmp_path / "d64", specs, raw={1: {"dtype": np.float64}})
+    write_kaggle_dataset(tmp_path / "d32", specs)
+    rows = sum(len(f) for f in written[1].values())
+    f64, f32 = (str(tmp_path / d / "train_landmarks" / "1.parquet") for d in ("d64", "d32"))
+    need64 = rows * (8 + 2 + 156 * 8) * 3
+    assert preprocessing.file_memory_need(f64) == need64
+    assert preprocessing.file_memory_need(f32) == rows * row_bytes * 3
+    assert preprocessing.file_memory_need(str(tmp_path / "missing.parquet")) == 0
+
+    monkeypatch.setattr(preprocessing, "_cores", lambda: 8)
+    monkeypatch.setattr(preprocessing, "available_memory", lambda: 2 * need64 + 1)
+    with caplog.at_level(logging.WARNING, logger=preprocessing.__name__):
+        assert preprocessing.default_workers([f32, f64, f32]) == 2
+    assert "using 2 worker(s) instead of 3" in caplog.text
+    monkeypatch.setattr(preprocessing, "available_memory", lambda: None)
+    assert preprocessing.default_workers([f32] * 5) == 5
 
 # --- bad CSVs -------------------------------------------------------------------------------
 
@@ -310,6 +405,7 @@ def _wait_until_unlocked(lock_path: Path, timeout: float = 30.0) -> None:
                 time.sleep(0.02)
 
 
+@pytest.mark.slow  # CLI subprocesses with worker processes
 def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path, subprocess_env):
     data = tmp_path / "data"
     files = {f: [SeqSpec(100 * f + i, "ab", left_full=9) for i in range(12)] for f in (1, 2, 3)}
@@ -321,7 +417,7 @@ def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not list(out.glob(".tmp-*.tfrecord")):
+        while not list(out.rglob(".tmp-*.tfrecord.*")):
             assert proc.poll() is None and time.monotonic() < deadline, "no worker started writing"
             time.sleep(0.01)
         time.sleep(0.3)  # a few records into the shard
@@ -330,7 +426,7 @@ def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path
         proc.wait()
 
     _wait_until_unlocked(out / preprocessing.LOCK_NAME)  # killed workers may take a moment to exit
-    assert list(out.glob(".tmp-*.tfrecord")), "the kill should have caught a shard being written"
+    assert list((out / "train").glob(".tmp-*.tfrecord.*")), "the kill should have caught a shard being written"
     assert not (out / "manifest.json").exists()
     finished = list((out / "train").glob("*.tfrecord"))
     if finished:  # training on the killed run's folder reads only finished shards, never the temporaries
@@ -341,10 +437,31 @@ def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path
 
     manifest = preprocess(PreprocessConfig(data, out, workers=2, progress=False))
     assert manifest["run"]["stale_temporaries_removed"] >= 1
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.rglob(".tmp-*"))
     assert manifest["kept"] == 36 and manifest["errors"] == []
     assert sorted(read_all(out)) == sorted(s.sequence_id for specs in files.values() for s in specs)
 
+
+def test_a_run_that_replaces_shards_removes_the_old_manifest_before_any_work(basic_data, tmp_path, monkeypatch):
+    data, _ = basic_data
+    out = tmp_path / "out"
+    preprocess(PreprocessConfig(data, out, workers=1, progress=False))
+    seen = []
+
+    def killed(tasks, workers, progress):  # the run dies once started, before it writes a manifest
+        seen.append(((out / records.MANIFEST_NAME).exists(), len(tasks)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preprocessing, "run_tasks", killed)
+    with pytest.raises(KeyboardInterrupt):  # nothing to redo: the manifest stays valid
+        preprocess(PreprocessConfig(data, out, workers=1, progress=False))
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(PreprocessConfig(data, out, workers=1, progress=False, overwrite=True))
+    assert seen == [(True, 0), (False, 2)]
+    assert not (out / records.MANIFEST_NAME).exists()
+    monkeypatch.undo()  # the next run rebuilds the manifest from the finished files
+    manifest = preprocess(PreprocessConfig(data, out, workers=1, progress=False))
+    assert manifest["run"]["files_reused"] == 2 and manifest["kept"] == len(BASIC_KEPT)
 
 def test_a_second_concurrent_run_is_refused(basic_data, tmp_path):
     data, _ = basic_data
@@ -458,7 +575,7 @@ def test_crc32c_check_value_and_tensorflow_reads_our_framing(tmp_path):
 def test_workers_never_import_tensorflow_or_pandas(basic_data, tmp_path):
     data, _ = basic_data
     code = (
-        "import sys; from pathlib import Path; from fingerspell import preprocessing as p\n"
+        "import sys; from pathlib import Path; from fingerspell.data import convert as p\n"
         f"m = p.preprocess(p.PreprocessConfig(Path({str(data)!r}), Path({str(tmp_path / 'out')!r}), "
         "workers=1, progress=False))\n"
         "assert m['kept'] == 5, m\n"
@@ -471,10 +588,11 @@ def test_workers_never_import_tensorflow_or_pandas(basic_data, tmp_path):
 
 # --- a larger dataset from the synthetic generator ---------------------------------------------
 
+@pytest.mark.slow  # CLI subprocesses with worker processes
 def test_synthetic_dataset_end_to_end(tmp_path, subprocess_env):
-    synth = pytest.importorskip("fingerspell.synth")
-    from fingerspell.landmark_io import read_sequences
-    from fingerspell.preprocessing import LEFT_HAND_COLUMNS, RIGHT_HAND_COLUMNS
+    synth = pytest.importorskip("fingerspell.synth.generator")
+    from fingerspell.data.parquet import read_sequences
+    from fingerspell.data.schema import SELECTED_LEFT_HAND_COLUMNS, SELECTED_RIGHT_HAND_COLUMNS
 
     data, out = tmp_path / "data", tmp_path / "out"
     summary = synth.generate_dataset(data, files=2, sequences_per_file=17, participants=4, seed=3,
@@ -492,7 +610,7 @@ def test_synthetic_dataset_end_to_end(tmp_path, subprocess_env):
         for path, sid, phrase in rows:
             frames = read_sequences(data / path, columns=SELECTED_COLUMNS, sequence_ids=[int(sid)])[int(sid)]
             full = max(int((~np.isnan(frames[:, cols]).any(axis=1)).sum())
-                       for cols in (LEFT_HAND_COLUMNS, RIGHT_HAND_COLUMNS))
+                       for cols in (SELECTED_LEFT_HAND_COLUMNS, SELECTED_RIGHT_HAND_COLUMNS))
             if 2 * len(phrase) < full:
                 expected[int(sid)] = frames
     got = read_all(out)

@@ -14,7 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fingerspell import phrases, schema, synth, vocab
+from fingerspell import cli
+from fingerspell.data import phrases, schema, vocab
+from fingerspell.synth import generator as synth
 
 SMALL = dict(files=2, sequences_per_file=12, participants=8, seed=7, supplemental_files=1)
 HAND_PARTS = [name for name, _ in schema.PARTS if name.endswith("hand")]  # left, right
@@ -86,7 +88,7 @@ def test_csvs_and_character_map(dataset, meta):
             assert df[col].dtype == np.int64
     assert len(meta) == dataset["n_sequences"] == 3 * SMALL["sequences_per_file"]
     assert meta["sequence_id"].is_unique
-    assert filecmp.cmp(dataset["character_map"], vocab.CHARACTER_MAP_PATH, shallow=False)
+    assert Path(dataset["character_map"]).read_bytes() == vocab.character_map_bytes()
 
 
 def test_every_csv_row_has_its_contiguous_sequence(dataset, meta):
@@ -132,7 +134,7 @@ def _digest(table: dict[str, np.ndarray]) -> str:
     return hashlib.sha256(np.concatenate([table[c] for c in sorted(table)]).tobytes()).hexdigest()
 
 
-_DIGEST = ("from fingerspell import synth; from tests.test_synth import _digest; "
+_DIGEST = ("from fingerspell.synth import generator as synth; from tests.test_synth import _digest; "
            "print(_digest(synth.configuration_table()))")
 
 
@@ -279,7 +281,7 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="participants"):
         synth.generate_dataset(tmp_path / "a", participants=-1)
     with pytest.raises(SystemExit) as exit_info:
-        synth.main(["--out", str(tmp_path / "b"), "--sequences-per-file", "0"])
+        cli.main(["synth", "--out", str(tmp_path / "b"), "--sequences-per-file", "0"])
     assert exit_info.value.code == 2
     assert "--sequences-per-file must be >= 1" in capsys.readouterr().err
     (tmp_path / "c").mkdir()
@@ -291,12 +293,12 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
 
 def test_cli_writes_and_summarises(tmp_path, capsys):
     out = tmp_path / "cli"
-    summary = synth.main(["--out", str(out), "--files", "1", "--sequences-per-file", "3",
-                          "--participants", "2", "--supplemental-files", "0"])
+    assert cli.main(["synth", "--out", str(out), "--files", "1", "--sequences-per-file", "3",
+                     "--participants", "2", "--supplemental-files", "0"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.count("\n") == 0 and "3 train" in line
-    assert summary["n_train_sequences"] == 3 and summary["supplemental_files"] == []
+    assert line.count("\n") == 0 and "3 train + 0 supplemental" in line
+    assert not list(out.glob(f"{synth.SUPPLEMENTAL_DIR}/*.parquet"))
     assert len(pd.read_csv(out / synth.TRAIN_CSV)) == 3
-    summary = synth.main(["--out", str(out), "--files", "1", "--sequences-per-file", "2",
-                          "--participants", "2", "--supplemental-files", "0", "--overwrite"])
+    assert cli.main(["synth", "--out", str(out), "--files", "1", "--sequences-per-file", "2",
+                     "--participants", "2", "--supplemental-files", "0", "--overwrite"]) == 0
     assert len(list((out / synth.TRAIN_DIR).glob("*.parquet"))) == 1

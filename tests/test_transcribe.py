@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from fingerspell.predict import TFLitePredictor
+from fingerspell.export.predictor import TFLitePredictor
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-VIDEO = REAL / "signer_selfie.mp4"
-POSE = REAL / "0ff215ef4f1f111e217e2cefee0adc77.pose"
-pytestmark = pytest.mark.skipif(not VIDEO.exists(), reason=f"real test recordings not found in {REAL}")
+from tests.fixtures import fixture, require
+
+VIDEO = fixture("signer_selfie.mp4")
+POSE = fixture("0ff215ef_right_hand.pose")
+pytestmark = pytest.mark.slow  # an exported model, MediaPipe and subprocesses
 
 
 def test_transcribe_video_prints_the_models_text(exported, subprocess_env):
-    done = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(VIDEO), "--model", str(exported),
+    require(VIDEO)
+    done = subprocess.run([sys.executable, "-m", "fingerspell", "transcribe", str(VIDEO), "--model", str(exported),
                            "--quiet"], capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr
-    from fingerspell.extract import landmarks_from_video
-    from fingerspell.transcribe import select_columns
+    from fingerspell.video.extract import landmarks_from_video
+    from fingerspell.video.transcribe import select_columns
 
     predictor = TFLitePredictor(exported)
     landmarks = landmarks_from_video(VIDEO, progress=False)
@@ -29,14 +30,15 @@ def test_transcribe_video_prints_the_models_text(exported, subprocess_env):
 
 
 def test_transcribe_pose_file_and_errors(exported, tmp_path, subprocess_env):
-    from fingerspell.transcribe import transcribe
+    require(VIDEO, POSE)
+    from fingerspell.video.transcribe import transcribe
 
     assert isinstance(transcribe(POSE, exported, progress=False), str)
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
-    done = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(not_video), "--model", str(exported)],
+    done = subprocess.run([sys.executable, "-m", "fingerspell", "transcribe", str(not_video), "--model", str(exported)],
                           capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 2 and "notes.mp4" in done.stderr and done.stdout == ""
-    no_model = subprocess.run([sys.executable, "-m", "fingerspell.transcribe", str(VIDEO), "--model", str(tmp_path)],
+    no_model = subprocess.run([sys.executable, "-m", "fingerspell", "transcribe", str(VIDEO), "--model", str(tmp_path)],
                               capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert no_model.returncode == 2 and "model.tflite: not found" in no_model.stderr
