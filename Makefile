@@ -22,8 +22,9 @@ TF_OTHER := $(if $(filter gpu,$(EXTRA_LIST)),tensorflow-cpu,$(if $(and $(filter 
 demo: $(STAMP)
 	$(VENV)/bin/python -m fingerspell demo
 
+# PYTEST_ARGS passes pytest options, e.g. PYTEST_ARGS='-m "not video"' where the video extra cannot install.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The fast lane: everything but the tests marked slow (training, export, MediaPipe, heavy subprocesses).
 test-fast: $(STAMP)

@@ -10,6 +10,7 @@ itself survives a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,22 @@ from pathlib import Path
 
 #: Prefix of every temporary file; `clean_temporaries` removes what a killed run left behind.
 TEMP_PREFIX = ".tmp-"
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows.
+
+    Setting and restoring it (the only portable way to read it) briefly changes a
+    process-wide value under TensorFlow's and tf.data's threads, so it is done at most once.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_path(path: Path) -> None:
@@ -47,9 +64,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         _fsync_path(tmp)
         os.replace(tmp, path)
         _fsync_directory(path.parent)

@@ -4,7 +4,7 @@
 whether it is in the CSV and/or the parquet file); `write_kaggle_dataset`
 writes train.csv + train_landmarks/<file_id>.parquet (and optionally the
 supplemental split) from such specs, so tests can assert exact kept/dropped
-counts. Files are written with `landmark_io.write_landmarks_parquet`, the
+counts. Files are written with `fingerspell.data.parquet.write_landmarks_parquet`, the
 toolkit's writer of Kaggle's layout; `write_raw_parquet` writes deliberately
 broken variants (other dtypes, missing or reordered columns, shuffled rows).
 """

@@ -223,6 +223,7 @@ def test_select_columns_follows_inference_args_order():
 
 
 @pytest.mark.slow
+@pytest.mark.video
 def test_render_with_a_real_model(exported, synthetic_small, tmp_path):
     from fingerspell.data.parquet import list_sequence_ids, read_sequences
     from fingerspell.video.render import render_from_parquet

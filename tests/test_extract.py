@@ -70,6 +70,7 @@ def extracted(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.video
 def test_parquet_layout_is_kaggles(extracted):
     out, summary, _ = extracted
     df = pd.read_parquet(out)
@@ -92,6 +93,7 @@ def test_parquet_layout_is_kaggles(extracted):
 
 
 @pytest.mark.slow
+@pytest.mark.video
 def test_video_landmarks(extracted):
     out, summary, by_input = extracted
     sid = by_input[VIDEO.name]
@@ -119,6 +121,7 @@ def test_video_landmarks(extracted):
 
 
 @pytest.mark.slow
+@pytest.mark.video
 @pytest.mark.parametrize("pose_path, hand, other", [(POSE_A, "right_hand", "left_hand"),
                                                     (POSE_B, "left_hand", "right_hand")])
 def test_pose_import(extracted, pose_path, hand, other):
@@ -148,6 +151,7 @@ def test_pose_import(extracted, pose_path, hand, other):
 
 
 @pytest.mark.slow
+@pytest.mark.video
 def test_csv_beside_parquet(extracted):
     out, summary, _ = extracted
     csv_path = out.with_suffix(".csv")
@@ -163,6 +167,7 @@ def test_csv_beside_parquet(extracted):
 
 
 @pytest.mark.slow
+@pytest.mark.video
 def test_bad_inputs_are_reported_and_the_rest_written(tmp_path, capsys):
     import cv2
 
@@ -205,6 +210,7 @@ def test_bad_inputs_are_reported_and_the_rest_written(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["mixed.csv", "mixed.parquet"]
 
 
+@pytest.mark.video
 def test_nothing_written_when_every_input_fails(tmp_path, capsys):
     out = tmp_path / "none.parquet"
     rc = cli.main(["extract", str(tmp_path / "nope.mp4"), "--out", str(out), "--no-progress"])
@@ -253,6 +259,11 @@ def test_read_sequences_groups_and_orders_by_frame(tmp_path):
     assert read_sequences(path, cols, sequence_ids=[3, 99]).keys() == {3}
     with pytest.raises(KeyError):
         read_sequences(path, ["x_no_such_column"])
+    # Without a frame column (preprocess accepts such files too) a sequence's rows stay in file order.
+    df.sort_index(kind="stable").drop(columns="frame").to_parquet(tmp_path / "no_frame.parquet")
+    seqs = read_sequences(tmp_path / "no_frame.parquet", cols)
+    expected = df.sort_index(kind="stable").loc[7, "x_right_hand_0"].to_numpy()
+    np.testing.assert_array_equal(seqs[7][:, 0], expected)
 
 
 def test_sequence_ids_are_deterministic_and_unique(tmp_path):

@@ -93,3 +93,12 @@ def test_vocab_round_trip():
     assert vocab.decode(ids[1:]) == "1383 william lanier"
     with pytest.raises(ValueError, match="outside the map"):
         vocab.encode("Capital")
+
+
+def test_the_character_map_users_see_in_data_is_the_packaged_one():
+    """`data/character_to_prediction_index.json` is a copy for users; the package reads its own."""
+    from pathlib import Path
+
+    users_copy = Path(__file__).resolve().parent.parent / "data" / vocab.CHARACTER_MAP_NAME
+    assert users_copy.read_bytes() == vocab.character_map_bytes()
+    assert len(vocab.char_to_index()) == vocab.N_CHARS

@@ -428,9 +428,8 @@ def test_a_killed_run_leaves_no_partial_shard_and_the_next_run_finishes(tmp_path
     _wait_until_unlocked(out / preprocessing.LOCK_NAME)  # killed workers may take a moment to exit
     assert list((out / "train").glob(".tmp-*.tfrecord.*")), "the kill should have caught a shard being written"
     assert not (out / "manifest.json").exists()
-    finished = list((out / "train").glob("*.tfrecord"))
-    if finished:  # training on the killed run's folder reads only finished shards, never the temporaries
-        assert records.shard_paths(out) == sorted(finished)
+    with pytest.raises(FileNotFoundError, match="did not finish"):  # training refuses the killed run's folder
+        records.shard_paths(out)
     for shard in (out / "train").glob("*.tfrecord"):  # finished before the kill: complete, with its JSON
         info = json.loads(shard.with_suffix(".json").read_text())
         assert sum(1 for _ in records.load_dataset([shard])) == info["result"]["kept"] == 12
@@ -621,3 +620,13 @@ def test_synthetic_dataset_end_to_end(tmp_path, subprocess_env):
     assert 0 < len(expected) < n, "the dataset should exercise both outcomes"
     for sid, frames in expected.items():
         np.testing.assert_array_equal(got[sid]["landmarks"], frames)
+
+
+def test_training_refuses_a_folder_whose_preprocess_run_did_not_finish(basic_data, tmp_path):
+    data, _ = basic_data
+    out = tmp_path / "out"
+    preprocess(PreprocessConfig(data, out, workers=1, progress=False))
+    assert records.shard_paths(out)  # finished: the manifest lists the shards
+    (out / records.MANIFEST_NAME).unlink()  # as a killed run that was replacing shards leaves it
+    with pytest.raises(FileNotFoundError, match="did not finish.*re-run it"):
+        records.shard_paths(out)

@@ -23,7 +23,7 @@ POSE_A = fixture("0ff215ef_right_hand.pose")  # 14 frames
 BG = np.array([255, 255, 255], np.uint8)
 
 
-pytestmark = pytest.mark.slow  # every test renders landmarks that MediaPipe extracts from the video
+pytestmark = [pytest.mark.slow, pytest.mark.video]  # every test renders landmarks that MediaPipe extracts from the video
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_unknown_sequence_id_lists_ids(parquet, tmp_path, capsys):
 
 
 def test_model_prediction_is_shown(parquet, tmp_path, monkeypatch, capsys):
-    """--model goes through fingerspell.predict.TFLitePredictor with its selected columns."""
+    """--model goes through fingerspell.export.predictor.TFLitePredictor with its selected columns."""
     path, video_sid, _ = parquet
     calls = []
 

@@ -12,7 +12,7 @@ from tests.fixtures import fixture, require
 
 VIDEO = fixture("signer_selfie.mp4")
 POSE = fixture("0ff215ef_right_hand.pose")
-pytestmark = pytest.mark.slow  # an exported model, MediaPipe and subprocesses
+pytestmark = [pytest.mark.slow, pytest.mark.video]  # an exported model, MediaPipe and subprocesses
 
 
 def test_transcribe_video_prints_the_models_text(exported, subprocess_env):

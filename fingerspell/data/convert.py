@@ -3,7 +3,7 @@
 Layout of the output directory OUT:
 
 - `OUT/<split>/<file_id>.tfrecord`: one shard per input parquet file, holding the
-  kept sequences in CSV order (format: `fingerspell.records`);
+  kept sequences in CSV order (format: `fingerspell.data.records`);
 - `OUT/<split>/<file_id>.json`: that file's counts plus a fingerprint of its
   inputs and settings, so a re-run can skip the file and still report it;
 - `OUT/manifest.json`: totals, drop reasons, errors, per-file counts, settings.
@@ -72,7 +72,7 @@ NOT_IN_PARQUET = "not_in_parquet"  # the CSV row's sequence has no rows in its p
 TOO_FEW_HAND_FRAMES = "too_few_hand_frames"  # factor * len(phrase) >= frames with a full hand
 DROP_REASONS: tuple[str, ...] = (FILE_ERROR, UNKNOWN_CHARACTERS, NOT_IN_PARQUET, TOO_FEW_HAND_FRAMES)
 
-LOCK_NAME = ".lock"
+LOCK_NAME = records.LOCK_NAME
 MAX_STORED_WARNINGS = 50  # per file, in the manifest; the counts are always complete
 MAX_PRINTED_WARNINGS = 3  # per file, on stderr
 # Tests only: seconds to sleep after each written record, so a test can kill a

@@ -145,7 +145,9 @@ def read_sequences(
     """
     columns = list(LANDMARK_COLUMNS if columns is None else columns)
     names = set(pq.read_schema(parquet_path).names)
-    missing = [c for c in [INDEX_COLUMN, FRAME_COLUMN, *columns] if c not in names]
+    # `frame` is optional, as in preprocessing: without it a sequence's rows are in file order.
+    has_frame = FRAME_COLUMN in names
+    missing = [c for c in [INDEX_COLUMN, *columns] if c not in names]
     if missing:
         raise KeyError(f"{parquet_path}: no column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     filters = None
@@ -157,16 +159,16 @@ def read_sequences(
             return {}
         filters = [(INDEX_COLUMN, "in", wanted)]
     table = pq.read_table(
-        parquet_path, columns=[INDEX_COLUMN, FRAME_COLUMN, *columns], filters=filters
+        parquet_path, columns=[INDEX_COLUMN, *([FRAME_COLUMN] if has_frame else []), *columns], filters=filters
     )
     n = table.num_rows
     if n == 0:
         return {}
     sids = table.column(0).to_numpy()
-    frames = table.column(1).to_numpy()
+    frames = table.column(FRAME_COLUMN).to_numpy() if has_frame else np.arange(n)
     values = np.empty((n, len(columns)), dtype=np.float32)
-    for j in range(len(columns)):
-        values[:, j] = table.column(j + 2).to_numpy(zero_copy_only=False)
+    for j, name in enumerate(columns):
+        values[:, j] = table.column(name).to_numpy(zero_copy_only=False)
     # First appearance of each id gives the file order; a stable sort by (id rank, frame)
     # groups the rows even if a sequence's rows were not contiguous.
     uniq, first, inverse = np.unique(sids, return_index=True, return_inverse=True)

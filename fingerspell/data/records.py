@@ -40,9 +40,11 @@ FORMAT_NAME = "fingerspell-tfrecord"
 FORMAT_VERSION = 1
 SHARD_SUFFIX = ".tfrecord"
 MANIFEST_NAME = "manifest.json"
+#: Written by `fingerspell preprocess` into its output folder for as long as a run holds it.
+LOCK_NAME = ".lock"
 SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
 
-# Feature keys. Readers elsewhere (e.g. data.scan_records) use these names too.
+# Feature keys. Readers elsewhere (e.g. pipeline.scan_records) use these names too.
 LANDMARKS = "landmarks"
 N_FRAMES = "n_frames"
 N_COLUMNS = "n_columns"
@@ -255,7 +257,9 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
     earlier run with another `--split` or CSV, still on disk, are not picked up.
     Without one (a folder of shards copied by hand), `<dir>/<split>/*.tfrecord` and
     shards directly in `dir` are used. Hidden files (preprocess's temporaries, which
-    may be half-written) are never listed.
+    may be half-written) are never listed. A folder that preprocess wrote into (its lock
+    file is there) but that has no manifest holds an unfinished or killed run, possibly a
+    mix of old and new shards: it is refused rather than trained on.
     """
     root = Path(preprocessed_dir)
     if not root.is_dir():
@@ -268,6 +272,9 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
         paths = sorted(root / f["shard"] for f in listed if split is None or f.get("split") == split)
         if missing := [str(p) for p in paths if not p.is_file()]:
             raise FileNotFoundError(f"{root / MANIFEST_NAME} lists shards that are missing: {missing[:5]}")
+    elif (root / LOCK_NAME).exists():
+        raise FileNotFoundError(f"{root}: a `fingerspell preprocess` run into this folder did not finish "
+                                f"(no {MANIFEST_NAME}); re-run it to complete the shards")
     else:
         folders = [root / split] if split else [root, *(root / s for s in SPLITS)]
         paths = sorted(p for folder in folders for p in folder.glob(f"*{SHARD_SUFFIX}")

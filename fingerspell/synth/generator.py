@@ -528,8 +528,8 @@ def _face_template() -> np.ndarray:
     Fixed (its own seed), so faces differ only by placement, pose and jitter.
     """
     rng = np.random.default_rng(_TABLE_SEED + 1)
-    theta = rng.uniform(-1.35, 1.35, 468)
-    phi = rng.uniform(-1.1, 1.0, 468)
+    theta = rng.uniform(-1.35, 1.35, schema.PART_SIZES["face"])
+    phi = rng.uniform(-1.1, 1.0, schema.PART_SIZES["face"])
     pts = np.stack([0.075 * np.sin(theta) * np.cos(phi), 0.105 * np.sin(phi),
                     0.08 * np.cos(theta) * np.cos(phi)], axis=-1)
     pts[1] = (0.0, -0.01, 0.1)  # MediaPipe's point 1 is the nose tip

@@ -27,7 +27,7 @@ import numpy as np
 
 from fingerspell.data.parquet import list_sequence_ids, read_sequences
 from fingerspell.data.schema import (ARM_CONNECTIONS, HAND_CONNECTIONS, LANDMARK_COLUMNS, LANDMARK_INDEX,
-                                     N_HAND_POINTS, SPLIT_FILES)
+                                     N_HAND_POINTS, PART_SIZES, SPLIT_FILES)
 from fingerspell.files import atomic_path
 
 #: Pose points drawn: shoulders 11/12, elbows, wrists and the hand points 17-22.
@@ -112,7 +112,7 @@ def sequence_points(frames, columns: Sequence[str] | None = None) -> dict[str, n
     for part, n, wanted in (
         ("left_hand", N_HAND_POINTS, range(N_HAND_POINTS)),
         ("right_hand", N_HAND_POINTS, range(N_HAND_POINTS)),
-        ("pose", 33, ARM_DRAW_POINTS),
+        ("pose", PART_SIZES["pose"], ARM_DRAW_POINTS),
     ):
         pts = np.full((n_frames, n, 2), np.nan, np.float32)
         for i in wanted:
