@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = ensure_dataset(args.workdir, args.sequences, args.participants, args.seed)
-    recipes = {"ours": Config(), "seed": seed_config(jit_compile=False)}
+    recipes = {"ours": Config(), "seed": seed_config(jit_compile="off")}
     for name, cfg in recipes.items():
         if not args.only or name == args.only:
             print(json.dumps(run(name, cfg, data, args.workdir, args.minutes), indent=2))

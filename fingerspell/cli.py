@@ -81,14 +81,22 @@ class _Formatter(logging.Formatter):
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """The package's log records to stderr, INFO (DEBUG with --verbose); calling it again replaces, not adds."""
-    package = logging.getLogger("fingerspell")
-    for old in [h for h in package.handlers if isinstance(h, _StderrHandler)]:
-        package.removeHandler(old)
+    """Log records to stderr: the package's at INFO (DEBUG with --verbose), other libraries' warnings.
+
+    The handler sits on the root logger, as an application's should: a library that later
+    calls `logging.info(...)` directly would otherwise install a second root handler of its
+    own (logging's implicit basicConfig) and every message would be printed twice.
+    Calling this again replaces the handler instead of adding one.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
     handler = _StderrHandler()
     handler.setFormatter(_Formatter("%(name)s: %(message)s" if verbose else "%(message)s"))
-    package.addHandler(handler)
-    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger("fingerspell").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def require(command: str, *modules: str) -> None:
@@ -188,7 +196,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help="the same as epochs=N")
     p.add_argument("--batch-size", type=int, metavar="B", help="the same as batch_size=B")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out where it stopped (only epochs and time_budget_minutes may change)")
+                   help="continue the run in --out where it stopped (only epochs, time_budget_minutes, distribute "
+                        "and jit_compile may change)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (--config file, then key=value) as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
@@ -224,7 +233,7 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def resume_changes(args: argparse.Namespace) -> dict:
-    """What a --resume asks to change (the trainer allows only more epochs or more time)."""
+    """What a --resume asks to change (the trainer allows only more epochs or time, or other devices)."""
     from fingerspell.config import Config, ConfigError
 
     if args.config:

@@ -2,7 +2,7 @@
 
 A run directory holds `config.json`, `character_to_prediction_index.json`, `split.json`,
 `checkpoints/{last,best}.weights.h5` (+ the optimizer state and `state.json` for an exact
-`--resume`), `metrics.csv`, `curves.png`, the run's log `train.log` and TensorBoard logs under
+`--resume`), `run.json` (strategy, devices, XLA, versions: see runtime.py), `metrics.csv`, `curves.png`, the run's log `train.log` and TensorBoard logs under
 `tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from fingerspell import features
 from fingerspell.config import Config
 from fingerspell.files import atomic_path, atomic_write
 from fingerspell.model.transformer import FingerspellTransformer, build_model
+from fingerspell.training.runtime import Runtime, resolve_runtime, write_run_info
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +76,6 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.
     if cfg.weight_decay:
         return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options), schedule
     return keras.optimizers.Adam(rate, **options), schedule
-
-
-def use_mixed_precision(cfg: Config) -> bool:
-    if cfg.mixed_precision == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    return cfg.mixed_precision == "on"
-
-
-def distribution_strategy() -> tf.distribute.Strategy:
-    """All visible GPUs through MirroredStrategy; the default strategy otherwise."""
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
 # --- greedy-decoded scoring -------------------------------------------------------------------
@@ -179,7 +168,11 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class RunKeeper(keras.callbacks.Callback):
-    """After each epoch: stop on NaN, score, checkpoint, log, plot - in that order."""
+    """After each epoch: stop on NaN, score, checkpoint, log, plot - in that order.
+
+    The loss is checked once per epoch, on Keras' epoch mean (a NaN batch makes it NaN):
+    reading it every batch would wait for the device after every step.
+    """
 
     def __init__(self, run_dir: Path, cfg: Config, eval_batches, timer: EpochTimer,
                  steps_per_epoch: int, schedule: WarmupCosine | None, state: dict):
@@ -187,7 +180,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.run_dir, self.cfg, self.eval_batches, self.timer = run_dir, cfg, eval_batches, timer
         self.steps_per_epoch, self.schedule, self.state = steps_per_epoch, schedule, state
         self.epochs_this_session = 0
-        self.nan_batch: int | None = None
+        self.nan_epoch: int | None = None
         self.generate = None
         self.sequences_seen = 0
 
@@ -196,14 +189,12 @@ class RunKeeper(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.sequences_seen += self.cfg.batch_size
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.nan_batch = batch
-            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        if self.nan_batch is not None or not math.isfinite(float(logs.get("loss", 0.0))):
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
             return  # keep the last good checkpoint untouched
         row = {"epoch": epoch + 1, "loss": logs.get("loss"), "val_loss": logs.get("val_loss"),
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
@@ -300,7 +291,8 @@ def plot_curves(run_dir: Path) -> Path:
 
 # --- the run ------------------------------------------------------------------------------------
 
-RESUMABLE_CHANGES = ("epochs", "time_budget_minutes")
+# Operational keys: how long and where to train, not what is trained.
+RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile")
 
 
 def new_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -314,7 +306,7 @@ def new_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
-    """The run's saved config with the few changes a resumed run may take (more epochs, more time)."""
+    """The run's saved config with the few changes a resumed run may take (more epochs or time, other devices)."""
     saved = run_dir / "config.json"
     if not saved.exists():
         raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
@@ -376,16 +368,22 @@ def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) ->
     start_epoch = state.get("epoch", 0)
     # A resumed run draws new shuffles and augmentations instead of replaying epoch 1's.
     keras.utils.set_random_seed(cfg.seed + start_epoch)
+    runtime = resolve_runtime(cfg)
+    write_run_info(run_dir, runtime, data_dir, start_epoch, resume)
+    logger.info("%s with %d replica(s) on %s; XLA %s, mixed precision %s", type(runtime.strategy).__name__,
+                runtime.replicas, ", ".join(runtime.devices), "on" if runtime.jit_compile else "off",
+                "on" if runtime.mixed_precision else "off")
     policy = keras.mixed_precision.global_policy()
-    if use_mixed_precision(cfg):
+    if runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _fit(data_dir, run_dir, cfg, resume, state, callbacks)
+        return _fit(data_dir, run_dir, cfg, runtime, resume, state, callbacks)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # an export in this process stays float32
 
 
-def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, callbacks) -> dict:
+def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: bool, state: dict,
+         callbacks) -> dict:
     start_epoch = state.get("epoch", 0)
     try:
         train_records, valid_records, split = pipeline.split_datasets(data_dir, cfg, run_dir, resume=resume)
@@ -398,16 +396,22 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, 
         raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
     train_batches = pipeline.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
                                           shuffle_buffer=n_train)
-    valid_loss_batches = pipeline.training_batches(valid_records, cfg, False, cfg.batch_size)
+    if cfg.batch_size % runtime.replicas:
+        raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
+                            f"use a multiple of {runtime.replicas}")
+    # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
+    # the validation loss takes a multiple of the replica count (the score still uses every sequence).
+    n_valid_loss = n_valid - n_valid % runtime.replicas
+    valid_loss_batches = pipeline.training_batches(valid_records.take(n_valid_loss), cfg, False, cfg.batch_size)
     if cfg.eval_max_sequences:  # a fixed random subset, not the first files' signers
         valid_records = valid_records.shuffle(n_valid, seed=cfg.seed, reshuffle_each_iteration=False).take(
             cfg.eval_max_sequences)
     eval_batches = pipeline.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
 
-    with distribution_strategy().scope():
+    with runtime.strategy.scope():
         model = build_model(cfg, features.feature_dim(cfg.normalization))
         optimizer, schedule = make_optimizer(cfg, steps)
-        model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile)
+        model.compile(optimizer=optimizer, jit_compile=runtime.jit_compile)
         if resume:
             restore_last(model, run_dir)
     if schedule is not None and "budget_total_steps" in state:
@@ -423,12 +427,12 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, state: dict, 
     callbacks = [keras.callbacks.ProgbarLogger(), timer, keeper,
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False), *(callbacks or [])]
     model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps, validation_steps=math.ceil(n_valid / cfg.batch_size), shuffle=False,
+              steps_per_epoch=steps, validation_steps=math.ceil(n_valid_loss / cfg.batch_size), shuffle=False,
               validation_freq=cfg.eval_every, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-    if keeper.nan_batch is not None:
+    if keeper.nan_epoch is not None:
         good = state.get("epoch", start_epoch)
         raise TrainingError(
-            f"loss became NaN at epoch {good + 1}, batch {keeper.nan_batch}: training stopped; the last good "
+            f"loss became NaN in epoch {keeper.nan_epoch}: training stopped; the last good "
             f"checkpoint is {run_dir / CHECKPOINTS / 'last.weights.h5'} (epoch {good}). Try a lower learning_rate.")
     return summarize(run_dir, state, model, n_train, n_valid)
 
