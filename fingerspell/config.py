@@ -56,8 +56,8 @@ class Config:
     learning_rate: float = _option(1e-3, "peak learning rate")
     lr_schedule: str = _option("cosine", '"cosine" (linear warmup, cosine decay) or "constant"')
     warmup_epochs: float = _option(1.0, "epochs of linear warmup (cosine schedule)")
-    weight_decay: float = _option(1e-4, "AdamW weight decay; 0 -> Adam")
-    clipnorm: float = _option(1.0, "gradient norm clipping; 0 -> off")
+    weight_decay: float = _option(1e-4, "AdamW weight decay (not on biases, LayerNorm or embeddings); 0 -> Adam")
+    clipnorm: float = _option(1.0, "clip the global norm of all gradients together to this; 0 -> off")
     label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy")
     jit_compile: str = _option("auto", '"auto" (XLA with one replica, off with several: it cannot compile mirrored '
                                         'variables), "on", "off"; XLA trains ~1.6x faster on one device, CPU included')

@@ -1,6 +1,7 @@
 """The transformer: cached greedy decoding, early stop, masked loss; the config; the metric."""
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,6 +54,44 @@ def test_masked_loss_ignores_padding():
     changed = tf.concat([logits[:, :3], logits[:, 3:] + 50.0 * tf.random.normal([1, 2, vocab.N_CLASSES])], axis=1)
     assert float(model.masked_loss(targets, logits)) == pytest.approx(float(model.masked_loss(targets, changed)))
     assert float(model.masked_loss(targets, logits)) > 0
+
+
+def test_label_smoothing_spares_pad_and_start():
+    """The loss equals cross-entropy against a target that puts the smoothing mass on the 59
+    characters and `>` only (numpy reference), so the model is never taught to emit PAD or START."""
+    model = build_model(SMALL, 78)
+    targets = np.array([[5, 6, vocab.END]])
+    logits = np.random.default_rng(0).normal(size=(1, 3, vocab.N_CLASSES)).astype(np.float32)
+    allowed = np.ones(vocab.N_CLASSES)
+    allowed[[vocab.PAD, vocab.START]] = 0.0
+    ls = SMALL.label_smoothing
+    target = (1 - ls) * np.eye(vocab.N_CLASSES)[targets] + ls * allowed / allowed.sum()
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -(target * log_p).sum(-1).mean()
+    assert ls > 0 and target[..., vocab.PAD].max() == 0 and target[..., vocab.START].max() == 0
+    assert float(model.masked_loss(tf.constant(targets), tf.constant(logits))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_logits_are_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(SMALL, 78)
+        frames = tf.zeros([1, SMALL.frame_len, 78])
+        logits = model((frames, tf.fill([1, 4], vocab.START)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logits.dtype == tf.float32
+
+
+def test_adamw_decays_only_weight_matrices():
+    from fingerspell.training.trainer import make_optimizer
+
+    model = build_model(SMALL, 78)
+    model((tf.zeros([1, SMALL.frame_len, 78]), tf.fill([1, 4], vocab.START)))
+    optimizer, _ = make_optimizer(Config(), steps_per_epoch=10)
+    decayed = {v.name for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert "kernel" in decayed and not decayed & {"bias", "gamma", "beta", "embeddings"}
+    assert optimizer.global_clipnorm == Config().clipnorm and optimizer.clipnorm is None
 
 
 def test_key_dim_defaults_to_num_hid_over_heads():

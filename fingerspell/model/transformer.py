@@ -9,12 +9,17 @@ sequence in the batch has produced `>`. Both the TFLite export and validation us
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
 from fingerspell.data import vocab
 from fingerspell.config import Config
 
+
+#: 1 for the classes a target position can hold (characters and END), 0 for PAD and START.
+TARGET_CLASSES = np.array([0.0 if i in (vocab.PAD, vocab.START) else 1.0 for i in range(vocab.N_CLASSES)],
+                          np.float32)
 
 class Attention(layers.Layer):
     """Multi-head attention whose key/value projections can be computed once and reused."""
@@ -159,7 +164,9 @@ class FingerspellTransformer(keras.Model):
         self.encoder_layers = [EncoderLayer(cfg, name=f"encoder_{i}") for i in range(cfg.enc_layers)]
         self.embed_tokens = TokenEmbedding(cfg, name="token_embedding")
         self.decoder_layers = [DecoderLayer(cfg, name=f"decoder_{i}") for i in range(cfg.dec_layers)]
-        self.classifier = layers.Dense(vocab.N_CLASSES, name="classifier")
+        # float32 logits under mixed precision: a float16 softmax over 62 classes loses the small
+        # probabilities that label smoothing and the loss depend on.
+        self.classifier = layers.Dense(vocab.N_CLASSES, name="classifier", dtype="float32")
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def encode(self, frames, training=False):
@@ -179,10 +186,15 @@ class FingerspellTransformer(keras.Model):
 
     # --- training -------------------------------------------------------------------------
     def masked_loss(self, targets, logits):
-        """Label-smoothed cross-entropy averaged over non-padding target positions."""
+        """Label-smoothed cross-entropy averaged over non-padding target positions.
+
+        The smoothing mass goes only to classes that can be a target (the characters and `>`),
+        never to PAD or START, which the decoder must never emit.
+        """
         one_hot = tf.one_hot(targets, vocab.N_CLASSES, dtype=tf.float32)
-        losses = keras.losses.categorical_crossentropy(
-            one_hot, tf.cast(logits, tf.float32), from_logits=True, label_smoothing=self.cfg.label_smoothing)
+        smoothing = self.cfg.label_smoothing
+        soft = (1.0 - smoothing) * one_hot + smoothing * TARGET_CLASSES / float(TARGET_CLASSES.sum())
+        losses = -tf.reduce_sum(soft * tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1), axis=-1)
         mask = tf.cast(tf.not_equal(targets, vocab.PAD), tf.float32)
         return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 

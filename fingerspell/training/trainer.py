@@ -33,6 +33,8 @@ from fingerspell.training.runtime import Runtime, resolve_runtime, write_run_inf
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+#: Variables AdamW leaves undecayed, as transformer recipes do: biases, LayerNorm scales/offsets, embeddings.
+NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "embeddings")
 LOG_NAME = "train.log"
 METRIC_FIELDS = ["epoch", "loss", "val_loss", "val_score", "learning_rate", "train_seconds",
                  "train_sequences_per_second", "eval_seconds"]
@@ -72,9 +74,11 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.
     if cfg.lr_schedule == "cosine":
         schedule = rate = WarmupCosine(cfg.learning_rate, int(cfg.warmup_epochs * steps_per_epoch),
                                        cfg.epochs * steps_per_epoch)
-    options = {"clipnorm": cfg.clipnorm} if cfg.clipnorm else {}
+    options = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}  # one norm over all gradients
     if cfg.weight_decay:
-        return keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options), schedule
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options)
+        optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
+        return optimizer, schedule
     return keras.optimizers.Adam(rate, **options), schedule
 
 
