@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 import tensorflow as tf  # noqa: E402
 
 from bench.seed_recipe import SEED_FEATURES, seed_config, seed_preprocess_frames  # noqa: E402
-from fingerspell import features
 from fingerspell.data import schema, vocab  # noqa: E402
 from fingerspell.config import Config  # noqa: E402
 from fingerspell.data.metadata import load_metadata  # noqa: E402

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fingerspell.files import atomic_write
+from fingerspell.files import atomic_write_json
 
 
 class ConfigError(ValueError):
@@ -143,7 +143,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":

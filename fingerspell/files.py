@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 #: Prefix of every temporary file; `clean_temporaries` removes what a killed run left behind.
 TEMP_PREFIX = ".tmp-"
@@ -44,7 +46,8 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename or unlink in `directory` durable (where the filesystem allows it)."""
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
         _fsync_path(directory)
 
@@ -67,7 +70,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         _fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -80,6 +83,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
+    """`data` as indented JSON with a final newline, written atomically."""
+    return atomic_write(path, json.dumps(data, indent=indent) + "\n")
 
 
 def clean_temporaries(directory: str | os.PathLike, recursive: bool = True) -> int:

@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fingerspell.data.parquet import FRAME_COLUMN, write_landmarks_parquet
+from fingerspell.data.parquet import write_landmarks_parquet
 from fingerspell.data.schema import (
+    FRAME_COLUMN,
     INDEX_COLUMN,
     LANDMARK_COLUMNS,
     SELECTED_LANDMARK_POSITIONS,

@@ -15,7 +15,6 @@ from fingerspell import metric
 from fingerspell import features
 from fingerspell.data import records, schema, vocab
 from fingerspell.data.schema import SELECTED_COLUMNS
-from fingerspell.config import Config
 from fingerspell.export.tflite import ExportError, convert, export_run, write_submission
 from fingerspell.export.predictor import TFLitePredictor
 from fingerspell.training.trainer import load_trained_model

@@ -54,8 +54,8 @@ import pyarrow.parquet as pq
 from fingerspell import files
 from fingerspell.data import records, vocab
 from fingerspell.data.metadata import Metadata, MetadataError, load_metadata, splits_of
-from fingerspell.data.parquet import FRAME_COLUMN
 from fingerspell.data.schema import (
+    FRAME_COLUMN,
     INDEX_COLUMN,
     N_SELECTED_COLUMNS,
     SELECTED_COLUMNS,
@@ -358,10 +358,6 @@ def _remove_outputs(task: FileTask) -> None:
             os.unlink(path)
 
 
-def _write_json(data: Any, path: str) -> None:
-    files.atomic_write(path, json.dumps(data, indent=1) + "\n")
-
-
 def _classify_rows(task: FileTask, run_ids: np.ndarray, hand_frames: np.ndarray,
                    result: dict[str, Any]) -> list[tuple[int, int]]:
     """(CSV row, run) of each kept row, counting every other row under its reason."""
@@ -435,7 +431,7 @@ def process_file(task: FileTask) -> dict[str, Any]:
     if result["kept"] + sum(result["dropped"].values()) != result["csv_rows"]:
         raise AssertionError(f"{task.parquet}: kept + dropped != CSV rows ({result})")
     result["seconds"] = round(time.perf_counter() - started, 3)
-    _write_json({"fingerprint": task.fingerprint, "result": result}, task.info)
+    files.atomic_write_json(task.info, {"fingerprint": task.fingerprint, "result": result}, indent=1)
     return result
 
 
@@ -543,12 +539,7 @@ def _invalidate_manifest(out_dir: Path) -> None:
         (out_dir / records.MANIFEST_NAME).unlink()
     except FileNotFoundError:
         return
-    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
-        fd = os.open(out_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    files.fsync_directory(out_dir)
 
 
 # --- how many workers -------------------------------------------------------------------------
@@ -698,7 +689,7 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
         results = reused + run_tasks(todo, workers, config.progress)
         manifest = _summarize(results, config, {s: len(m) for s, m in metadata.items()},
                               workers, cleaned, time.perf_counter() - started)
-        _write_json(manifest, str(out_dir / records.MANIFEST_NAME))
+        files.atomic_write_json(out_dir / records.MANIFEST_NAME, manifest, indent=1)
     return manifest
 
 

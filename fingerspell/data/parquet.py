@@ -21,11 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fingerspell.data.schema import INDEX_COLUMN, LANDMARK_COLUMNS
+from fingerspell.data.schema import FRAME_COLUMN, INDEX_COLUMN, LANDMARK_COLUMNS
 from fingerspell.files import atomic_path
 
 N_LANDMARK_COLUMNS = len(LANDMARK_COLUMNS)  # 1629
-FRAME_COLUMN = "frame"
 
 
 def _arrow_schema() -> pa.Schema:

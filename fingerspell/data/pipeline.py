@@ -12,7 +12,7 @@ from fingerspell import features
 from fingerspell.features import augment
 from fingerspell.data import records, vocab
 from fingerspell.config import Config, ConfigError
-from fingerspell.files import atomic_write
+from fingerspell.files import atomic_write_json
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -92,7 +92,7 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
     split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
              "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}, "shards": names}
     if path:
-        atomic_write(path, json.dumps(split, indent=2) + "\n")
+        atomic_write_json(path, split)
     return split
 
 

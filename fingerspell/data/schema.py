@@ -43,9 +43,11 @@ PART_OFFSETS: Mapping[str, int] = types.MappingProxyType(
 LANDMARK_COLUMNS: tuple[str, ...] = tuple(
     f"{c}_{part}_{i}" for c in COORDS for part, n in PARTS for i in range(n)
 )
-#: Every column of a landmarks parquet file besides the `sequence_id` index.
-PARQUET_COLUMNS: tuple[str, ...] = ("frame",) + LANDMARK_COLUMNS
 INDEX_COLUMN = "sequence_id"
+#: A row's frame number within its sequence (optional in files that are not Kaggle's).
+FRAME_COLUMN = "frame"
+#: Every column of a landmarks parquet file besides the `sequence_id` index.
+PARQUET_COLUMNS: tuple[str, ...] = (FRAME_COLUMN,) + LANDMARK_COLUMNS
 
 # Arm pose points: elbow, wrist and the three hand points MediaPipe's pose model
 # puts on the palm. Index i of the left list mirrors index i of the right one.

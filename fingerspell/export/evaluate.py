@@ -18,11 +18,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fingerspell import metric
-from fingerspell.files import atomic_write
+from fingerspell.files import atomic_write_json
 from fingerspell.data.parquet import read_sequences
 from fingerspell.data.phrases import phrase_type
-from fingerspell.export.predictor import PredictorError, TFLitePredictor
-from fingerspell.data.metadata import SPLIT_SOURCES, Metadata, MetadataError, load_metadata
+from fingerspell.export.predictor import TFLitePredictor
+from fingerspell.data.metadata import Metadata, MetadataError, load_metadata
+
 
 class EvaluationError(RuntimeError):
     """A dataset that cannot be evaluated; the message names the file."""
@@ -77,7 +78,7 @@ def evaluate(sub_dir: Path, data_dir: Path, split: str = "train", limit: int = 0
     report.update(split=split, data_dir=str(data_dir), sub_dir=str(sub_dir), missing_sequences=missing,
                   held_out_run=str(held_out_run) if held_out_run else None)
     if report_path:
-        atomic_write(report_path, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(report_path, report)
     return report
 
 

@@ -2,7 +2,7 @@
 
 The frame functions are re-exported here so callers write `features.model_input(...)`.
 """
-from fingerspell.features.frames import (  # noqa: F401
+from fingerspell.features.frames import (
     SIDE_FEATURES,
     dominant_side,
     feature_dim,
@@ -14,3 +14,6 @@ from fingerspell.features.frames import (  # noqa: F401
     side_points,
     to_points,
 )
+
+__all__ = ["SIDE_FEATURES", "dominant_side", "feature_dim", "fit_length", "model_input", "normalize",
+           "preprocess_frames", "register_normalization", "side_points", "to_points"]

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import fingerspell
 from fingerspell.config import Config
-from fingerspell.files import atomic_write
+from fingerspell.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,5 +117,5 @@ def write_run_info(run_dir: Path, runtime: Runtime, data_dir: Path, start_epoch:
         else:
             history = previous.pop("history", []) + [previous]
     info = {**run_info(runtime, data_dir, start_epoch), "history": history}
-    atomic_write(path, json.dumps(info, indent=2) + "\n")
+    atomic_write_json(path, info)
     return info

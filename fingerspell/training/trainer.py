@@ -2,8 +2,8 @@
 
 A run directory holds `config.json`, `character_to_prediction_index.json`, `split.json`,
 `checkpoints/{last,best}.weights.h5` (+ the optimizer state and `state.json` for an exact
-`--resume`), `run.json` (strategy, devices, XLA, versions: see runtime.py), `metrics.csv`, `curves.png`, the run's log `train.log` and TensorBoard logs under
-`tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
+`--resume`), `run.json` (strategy, devices, XLA, versions: see runtime.py), `metrics.csv`,
+`curves.png`, the run's log `train.log` and TensorBoard logs under `tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fingerspell import metric
+from fingerspell import features, metric
 from fingerspell.data import pipeline, vocab
-from fingerspell import features
 from fingerspell.config import Config
-from fingerspell.files import atomic_path, atomic_write
+from fingerspell.files import atomic_path, atomic_write, atomic_write_json
 from fingerspell.model.transformer import FingerspellTransformer, build_model
 from fingerspell.training.runtime import Runtime, resolve_runtime, write_run_info
 
@@ -109,14 +108,10 @@ def _atomic_save_weights(model: keras.Model, path: Path) -> None:
         model.save_weights(tmp)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
-
-
 def save_last(model: keras.Model, run_dir: Path, state: dict) -> None:
     """Weights and optimizer state (Keras keeps both in the .weights.h5), then the epoch state."""
     _atomic_save_weights(model, run_dir / CHECKPOINTS / "last.weights.h5")
-    _write_json(run_dir / CHECKPOINTS / "state.json", state)
+    atomic_write_json(run_dir / CHECKPOINTS / "state.json", state)
 
 
 def read_state(run_dir: Path) -> dict:
@@ -398,11 +393,11 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     steps = n_train // cfg.batch_size
     if steps < 1:
         raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
-    train_batches = pipeline.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
-                                          shuffle_buffer=n_train)
     if cfg.batch_size % runtime.replicas:
         raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
                             f"use a multiple of {runtime.replicas}")
+    train_batches = pipeline.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
+                                              shuffle_buffer=n_train)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
     # the validation loss takes a multiple of the replica count (the score still uses every sequence).
     n_valid_loss = n_valid - n_valid % runtime.replicas
@@ -448,5 +443,5 @@ def summarize(run_dir: Path, state: dict, model: keras.Model, n_train: int, n_va
                "best_epoch": state.get("best_epoch"), "train_seconds": state.get("train_seconds"),
                "train_sequences": n_train, "validation_sequences": n_valid, "parameters": model.count_params(),
                "train_sequences_per_second": round(float(np.median(speeds)), 1) if speeds else None}
-    _write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run_dir / "summary.json", summary)
     return summary
