@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import SeqSpec, tree_digest, write_csv, write_kaggle_dataset
+from fingerspell import machine
 from fingerspell.data import convert as preprocessing, records
 from fingerspell.data.convert import PreprocessConfig, PreprocessError, preprocess
 from fingerspell.data.schema import LANDMARK_COLUMNS, N_SELECTED_COLUMNS, SELECTED_COLUMNS, column_index
@@ -110,6 +111,19 @@ def test_exact_counts_and_values_read_back(basic_data, tmp_path):
         np.testing.assert_array_equal(record["landmarks"], want)  # NaN == NaN here
         assert record["phrase"].decode() == spec.phrase
         assert record["participant_id"] == spec.participant_id and record["file_id"] == file_id
+    # Per-signer counts and the longest phrase, as training reads them instead of scanning the records.
+    by_participant: dict[str, dict[str, int]] = {}
+    for record in got.values():
+        counts = by_participant.setdefault(str(record["participant_id"]), {"sequences": 0, "frames": 0})
+        counts["sequences"] += 1
+        counts["frames"] += len(record["landmarks"])
+    assert manifest["participants"] == by_participant and len(by_participant) > 1
+    assert manifest["frames_kept"] == sum(len(r["landmarks"]) for r in got.values())
+    assert manifest["longest_phrase"] == max(len(r["phrase"]) for r in got.values())
+    for file_id in per_file:
+        kept_here = [r for r in got.values() if r["file_id"] == file_id]
+        assert sum(c["sequences"] for c in per_file[file_id]["participants"].values()) == len(kept_here)
+        assert per_file[file_id]["longest_phrase"] == max(len(r["phrase"]) for r in kept_here)
     assert tree_digest(data) == before, "the input directory was modified"
 
 
@@ -326,12 +340,12 @@ def test_worker_count_is_bounded_by_memory_cores_and_files(tmp_path, monkeypatch
     assert preprocessing.file_memory_need(f32) == rows * row_bytes * 3
     assert preprocessing.file_memory_need(str(tmp_path / "missing.parquet")) == 0
 
-    monkeypatch.setattr(preprocessing, "_cores", lambda: 8)
-    monkeypatch.setattr(preprocessing, "available_memory", lambda: 2 * need64 + 1)
+    monkeypatch.setattr(machine, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(machine, "available_memory", lambda: 2 * need64 + 1)
     with caplog.at_level(logging.WARNING, logger=preprocessing.__name__):
         assert preprocessing.default_workers([f32, f64, f32]) == 2
     assert "using 2 worker(s) instead of 3" in caplog.text
-    monkeypatch.setattr(preprocessing, "available_memory", lambda: None)
+    monkeypatch.setattr(machine, "available_memory", lambda: None)
     assert preprocessing.default_workers([f32] * 5) == 5
 
 # --- bad CSVs -------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Layout of the output directory OUT:
   kept sequences in CSV order (format: `fingerspell.data.records`);
 - `OUT/<split>/<file_id>.json`: that file's counts plus a fingerprint of its
   inputs and settings, so a re-run can skip the file and still report it;
-- `OUT/manifest.json`: totals, drop reasons, errors, per-file counts, settings.
+- `OUT/manifest.json`: totals, drop reasons, errors, per-file counts, kept sequences and
+  frames per participant, the longest phrase, settings (training reads its split and
+  memory needs from these instead of scanning the records).
 
 Why it is shaped this way:
 
@@ -51,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fingerspell import files
+from fingerspell import files, machine
 from fingerspell.data import records, vocab
 from fingerspell.data.metadata import Metadata, MetadataError, load_metadata, splits_of
 from fingerspell.data.schema import (
@@ -337,6 +339,10 @@ def _empty_result(task: FileTask) -> dict[str, Any]:
         "dropped": {reason: 0 for reason in DROP_REASONS},
         "not_in_csv": 0,  # sequences in the parquet file that the CSV does not list
         "frames_kept": 0,
+        # Kept sequences and frames per signer, and the longest kept phrase: a training run
+        # splits by signer and sizes its cache from these without reading any record.
+        "participants": {},
+        "longest_phrase": 0,
         "warnings": [],
         "n_warnings": 0,
         "error": None,
@@ -390,16 +396,23 @@ def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
     # Row-major [rows, 156] once per file, so each record is one contiguous slice.
     values = np.stack(table.columns, axis=1) if kept else np.empty((0, N_SELECTED_COLUMNS), np.float32)
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
+    participants: dict[str, dict[str, int]] = {}
     with files.atomic_path(task.shard) as tmp, records.ShardWriter(tmp) as writer:
         for row, run in kept:
             block = values[starts[run]:ends[run]]
+            participant = int(task.participant_ids[row])
             writer.write(records.serialize_sequence(
-                block, task.phrases[row], int(task.sequence_ids[row]),
-                int(task.participant_ids[row]), task.file_id))
-            result["frames_kept"] += int(ends[run] - starts[run])
+                block, task.phrases[row], int(task.sequence_ids[row]), participant, task.file_id))
+            n_frames = int(ends[run] - starts[run])
+            result["frames_kept"] += n_frames
+            counts = participants.setdefault(str(participant), {"sequences": 0, "frames": 0})
+            counts["sequences"] += 1
+            counts["frames"] += n_frames
+            result["longest_phrase"] = max(result["longest_phrase"], len(task.phrases[row]))
             if delay:
                 time.sleep(delay)
     result["kept"] = len(kept)
+    result["participants"] = dict(sorted(participants.items(), key=lambda item: int(item[0])))
     result["shard"] = os.path.relpath(task.shard, task.out_dir)  # relative to OUT: the folder can move
 
 
@@ -447,6 +460,8 @@ def reusable_result(task: FileTask) -> dict[str, Any] | None:
     if stored.get("fingerprint") != json.loads(json.dumps(task.fingerprint)):
         return None
     result = stored["result"]
+    if "participants" not in result:  # written before results had per-signer counts: redo the file
+        return None
     result["reused"] = True
     return result
 
@@ -591,35 +606,9 @@ def file_memory_need(path: str) -> int:
         return 0
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free for new work: MemAvailable (or free pages), capped by a cgroup v2
-    limit when the process runs in a container; None when unknown."""
-    found = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo", encoding="ascii") as f:
-            line = next(line for line in f if line.startswith("MemAvailable:"))
-        found = int(line.split()[1]) * 1024
-    if found is None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free_in_group = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
-            found = free_in_group if found is None else min(found, free_in_group)
-    return None if found is None else max(0, found)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def default_workers(parquets: Sequence[str]) -> int:
     """Workers for these files when --workers is not given: bounded by cores, memory and files."""
-    cores, available = _cores(), available_memory()
+    cores, available = machine.cpu_cores(), machine.available_memory()
     largest = max((file_memory_need(p) for p in parquets), default=0)
     workers = choose_workers(cores, available, largest, len(parquets))
     if workers < min(cores, len(parquets)):
@@ -643,11 +632,21 @@ def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows
         splits[split] = {"csv_rows": n_rows, "kept": sum(r["kept"] for r in rs),
                          "dropped": {k: sum(r["dropped"][k] for r in rs) for k in DROP_REASONS},
                          "files": len(rs)}
+    participants: Counter = Counter()
+    participant_frames: Counter = Counter()
+    for r in results:
+        for pid, counts in r["participants"].items():
+            participants[pid] += counts["sequences"]
+            participant_frames[pid] += counts["frames"]
     return {
         "format": {"name": records.FORMAT_NAME, "version": records.FORMAT_VERSION,
                    "n_columns": N_SELECTED_COLUMNS},
         "csv_rows": total_rows,
         "kept": kept,
+        "frames_kept": sum(r["frames_kept"] for r in results),
+        "longest_phrase": max((r["longest_phrase"] for r in results), default=0),
+        "participants": {pid: {"sequences": participants[pid], "frames": participant_frames[pid]}
+                         for pid in sorted(participants, key=int)},
         "dropped": dropped,
         "errors": [{"file": r["parquet"], "message": r["error"]} for r in results if r["error"]],
         "splits": splits,
