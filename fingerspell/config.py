@@ -64,7 +64,12 @@ class Config:
     mixed_precision: str = _option("auto", '"auto" (on with a GPU), "on", "off"')
     distribute: str = _option("auto", '"auto" (mirrored with several GPUs, else none), "none", "mirrored" (all GPUs, '
                                       'or all logical CPUs without a GPU), "multi_worker"')
-    cache: bool = _option(True, "keep decoded records in memory across epochs (turn off for the full dataset)")
+    cache: str = _option("auto", '"auto" (keep decoded records in memory when they fit cache_memory_gb, else stream '
+                                 'them from disk every epoch), "on", "off"')
+    cache_memory_gb: float = _option(0.0, "memory the record cache may use (cache=auto); 0 -> half of the memory "
+                                          "available at the start (container limits included)")
+    steps_per_execution: int = _option(4, "training steps per call into the compiled step: fewer round trips from "
+                                          "Python to the device; callbacks (time budget) see every N-th step")
     trim_padding: bool = _option(True, "drop target columns that are padding in the whole batch (same loss, less work)")
 
     # Validation and logging
@@ -88,11 +93,13 @@ class Config:
     aug_point_dropout_rate: float = _option(0.05, "chance of dropping each hand point (4x for a whole finger)")
 
     def __post_init__(self) -> None:
-        # Configs saved before jit_compile took auto/on/off hold true/false: they keep meaning on/off.
-        if isinstance(self.jit_compile, bool):
-            self.jit_compile = "on" if self.jit_compile else "off"
-        elif isinstance(self.jit_compile, str) and self.jit_compile.lower() in ("true", "false"):
-            self.jit_compile = "on" if self.jit_compile.lower() == "true" else "off"
+        # Configs saved before jit_compile and cache took auto/on/off hold true/false: they keep meaning on/off.
+        for name in ("jit_compile", "cache"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            if isinstance(value, bool):
+                setattr(self, name, "on" if value else "off")
 
     @property
     def attention_key_dim(self) -> int:
@@ -109,6 +116,7 @@ class Config:
             "lr_schedule": ("cosine", "constant"),
             "mixed_precision": ("auto", "on", "off"),
             "jit_compile": ("auto", "on", "off"),
+            "cache": ("auto", "on", "off"),
             "distribute": ("auto", "none", "mirrored", "multi_worker"),
         }
         for name, allowed in choices.items():
@@ -119,10 +127,13 @@ class Config:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
         positive = ("frame_len", "max_target_len", "epochs", "batch_size", "num_hid", "num_heads", "ff_dim",
-                    "conv_layers", "conv_kernel", "conv_stride", "eval_every", "eval_batch_size", "learning_rate")
+                    "conv_layers", "conv_kernel", "conv_stride", "eval_every", "eval_batch_size", "learning_rate",
+                    "steps_per_execution")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a positive number")
+        if self.cache_memory_gb < 0:
+            raise ConfigError(f"cache_memory_gb={self.cache_memory_gb}: expected 0 (auto) or a positive size")
         for name in ("dropout", "aug_frame_drop_rate", "aug_point_dropout_rate", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")

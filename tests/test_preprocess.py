@@ -119,11 +119,13 @@ def test_exact_counts_and_values_read_back(basic_data, tmp_path):
         counts["frames"] += len(record["landmarks"])
     assert manifest["participants"] == by_participant and len(by_participant) > 1
     assert manifest["frames_kept"] == sum(len(r["landmarks"]) for r in got.values())
-    assert manifest["longest_phrase"] == max(len(r["phrase"]) for r in got.values())
+    longest = manifest["longest_phrase"]
+    assert longest["characters"] == max(len(r["phrase"]) for r in got.values())
+    assert len(got[longest["sequence_id"]]["phrase"]) == longest["characters"]
     for file_id in per_file:
         kept_here = [r for r in got.values() if r["file_id"] == file_id]
         assert sum(c["sequences"] for c in per_file[file_id]["participants"].values()) == len(kept_here)
-        assert per_file[file_id]["longest_phrase"] == max(len(r["phrase"]) for r in kept_here)
+        assert per_file[file_id]["longest_phrase"]["characters"] == max(len(r["phrase"]) for r in kept_here)
     assert tree_digest(data) == before, "the input directory was modified"
 
 

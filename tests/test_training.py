@@ -18,7 +18,7 @@ from fingerspell import features
 from fingerspell.config import Config
 from fingerspell.model.transformer import build_model
 from fingerspell.training.trainer import (TrainingError, make_generator, make_optimizer, predict_phrases, read_metrics,
-                                  restore_last, resume, train)
+                                         restore_last, resume, steps_per_epoch, train)
 
 from tests.deterministic import run_deterministic
 
@@ -48,9 +48,12 @@ def test_tokenize_matches_vocab_encode():
 
 def test_validation_split_holds_out_whole_participants(preprocessed_small, tmp_path):
     cfg = tiny_config()
-    train_ds, valid_ds, split = pipeline.split_datasets(preprocessed_small, cfg, tmp_path)
-    train_ids = {int(r["participant_id"]) for r in train_ds.as_numpy_iterator()}
-    valid_ids = {int(r["participant_id"]) for r in valid_ds.as_numpy_iterator()}
+    data = pipeline.split_datasets(preprocessed_small, cfg, tmp_path)
+    split = data.split
+    train_ids = [int(r["participant_id"]) for r in data.train.as_numpy_iterator()]
+    valid_ids = [int(r["participant_id"]) for r in data.valid.as_numpy_iterator()]
+    assert (len(train_ids), len(valid_ids)) == (data.n_train, data.n_valid)
+    train_ids, valid_ids = set(train_ids), set(valid_ids)
     assert valid_ids == set(split["validation"]) and train_ids and not train_ids & valid_ids
     assert json.loads((tmp_path / "split.json").read_text())["validation"] == split["validation"]
     by_file = pipeline.choose_validation({1: 10, 2: 10, 3: 10}, 0.3, seed=0)
@@ -118,7 +121,8 @@ def test_run_directory_and_exact_resume(preprocessed_small, tmp_path):
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert Config.load(run / "config.json") == cfg
     state = json.loads((run / "checkpoints" / "state.json").read_text())
-    steps = summary["train_sequences"] // cfg.batch_size
+    steps, _ = steps_per_epoch(summary["train_sequences"], cfg.batch_size, cfg.steps_per_execution)
+    assert state["step"] == 2 * steps
 
     with pytest.raises(TrainingError, match="already holds a run"):
         train(preprocessed_small, run, cfg)
@@ -164,21 +168,23 @@ def test_time_budget_stops_the_run_and_fits_the_schedule(preprocessed_small, tmp
     # The trainer reads the clock when an epoch begins and after each batch: each batch "takes" 1 s.
     monkeypatch.setattr(trainer, "time", FakeClock(tick=1.0))
     run = tmp_path / "run"
-    summary = train(preprocessed_small, run, tiny_config("epochs=1000", "time_budget_minutes=0.3", "eval_every=50"))
+    cfg = tiny_config("epochs=1000", "time_budget_minutes=0.3", "eval_every=50", "steps_per_execution=1")
+    summary = train(preprocessed_small, run, cfg)
     steps, budget = summary["train_sequences"] // 16, 0.3 * 60  # 18 s: a few epochs of `steps` s
     assert 2 * steps <= budget
     assert 2 <= summary["epochs"] < 1000 and summary["best_score"] is not None  # scored when the budget ends
     # It stops at the first batch past the budget, counting that last, partial epoch.
     assert summary["train_seconds"] == budget + 1 and summary["epochs"] == budget // steps + 1
     state = json.loads((run / "checkpoints" / "state.json").read_text())
-    assert state["budget_total_steps"] < 1000 * steps  # the cosine decay ends near the budget
+    assert state["budget_total_epochs"] < 1000  # the cosine decay ends near the budget
 
 
 def test_validation_split_by_file(preprocessed_small, tmp_path):
-    train_ds, valid_ds, split = pipeline.split_datasets(preprocessed_small, tiny_config("val_split=file"), tmp_path)
+    data = pipeline.split_datasets(preprocessed_small, tiny_config("val_split=file"), tmp_path)
+    split = data.split
     assert split["key"] == "file_id" and len(split["validation"]) == 1
-    assert {int(r["file_id"]) for r in valid_ds.as_numpy_iterator()} == set(split["validation"])
-    assert not {int(r["file_id"]) for r in train_ds.as_numpy_iterator()} & set(split["validation"])
+    assert {int(r["file_id"]) for r in data.valid.as_numpy_iterator()} == set(split["validation"])
+    assert not {int(r["file_id"]) for r in data.train.as_numpy_iterator()} & set(split["validation"])
 
 
 @pytest.mark.slow

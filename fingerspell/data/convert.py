@@ -342,7 +342,7 @@ def _empty_result(task: FileTask) -> dict[str, Any]:
         # Kept sequences and frames per signer, and the longest kept phrase: a training run
         # splits by signer and sizes its cache from these without reading any record.
         "participants": {},
-        "longest_phrase": 0,
+        "longest_phrase": None,  # {"sequence_id", "characters"} of the longest kept phrase
         "warnings": [],
         "n_warnings": 0,
         "error": None,
@@ -408,7 +408,10 @@ def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
             counts = participants.setdefault(str(participant), {"sequences": 0, "frames": 0})
             counts["sequences"] += 1
             counts["frames"] += n_frames
-            result["longest_phrase"] = max(result["longest_phrase"], len(task.phrases[row]))
+            longest = result["longest_phrase"]
+            if longest is None or len(task.phrases[row]) > longest["characters"]:
+                result["longest_phrase"] = {"sequence_id": int(task.sequence_ids[row]),
+                                            "characters": len(task.phrases[row])}
             if delay:
                 time.sleep(delay)
     result["kept"] = len(kept)
@@ -644,7 +647,8 @@ def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows
         "csv_rows": total_rows,
         "kept": kept,
         "frames_kept": sum(r["frames_kept"] for r in results),
-        "longest_phrase": max((r["longest_phrase"] for r in results), default=0),
+        "longest_phrase": max((r["longest_phrase"] for r in results if r["longest_phrase"]),
+                              key=lambda longest: longest["characters"], default=None),
         "participants": {pid: {"sequences": participants[pid], "frames": participant_frames[pid]}
                          for pid in sorted(participants, key=int)},
         "dropped": dropped,

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from fingerspell import features
-from fingerspell.features import augment
-from fingerspell.data import records, vocab
+from fingerspell import features, machine
 from fingerspell.config import Config, ConfigError
-from fingerspell.files import atomic_write_json
+from fingerspell.data import records, vocab
+from fingerspell.data.schema import N_SELECTED_COLUMNS
+from fingerspell.features import augment
+from fingerspell.files import atomic_path, atomic_write_json
 
 AUTOTUNE = tf.data.AUTOTUNE
+logger = logging.getLogger(__name__)
 
 
 def _char_table() -> tf.lookup.StaticHashTable:
@@ -50,31 +55,87 @@ def choose_validation(groups: dict[int, int], fraction: float, seed: int) -> lis
     return sorted(chosen)
 
 
-def scan_records(shards: list[Path], key: str, max_phrase_len: int) -> dict[int, int]:
-    """Sequences per participant_id or file_id, parsing only the ids and phrases.
+@dataclass(frozen=True)
+class Inventory:
+    """Sequences and frames per split group (participant or file) and the longest phrase.
 
-    Also checks, before training starts, that every phrase fits the target length
-    (a longer one would otherwise stop training mid-epoch).
+    Read from `manifest.json`, which preprocess writes with these counts, so a run starts
+    without reading any record; folders without them (shards copied by hand, or written
+    by an older version) are scanned once instead.
     """
+
+    key: str
+    sequences: dict[int, int]
+    frames: dict[int, int]
+    longest_phrase: dict | None  # {"sequence_id", "characters"}, None without sequences
+
+    def check_phrases_fit(self, max_phrase_len: int) -> None:
+        """Refuse, before training, a phrase longer than the targets (it would stop training mid-epoch)."""
+        longest = self.longest_phrase
+        if longest and longest["characters"] > max_phrase_len:
+            raise ValueError(f"sequence {longest['sequence_id']} has a phrase of {longest['characters']} characters, "
+                             f"longer than max_target_len - 2 = {max_phrase_len}; raise max_target_len")
+
+
+def inventory_from_manifest(data_dir: Path, shards: list[Path], key: str) -> Inventory | None:
+    """The inventory of `shards` from the manifest's per-file results; None if it lacks the counts."""
+    try:
+        manifest = records.read_manifest(data_dir)
+    except FileNotFoundError:
+        return None
+    wanted = {p.resolve() for p in shards}
+    used = [f for f in manifest.get("files", []) if f.get("shard") and (Path(data_dir) / f["shard"]).resolve() in wanted]
+    if len(used) != len(wanted) or any("participants" not in f for f in used):
+        return None
+    sequences: dict[int, int] = {}
+    frames: dict[int, int] = {}
+    for f in used:
+        groups = ({int(p): c for p, c in f["participants"].items()} if key == records.PARTICIPANT_ID
+                  else {int(f["file_id"]): {"sequences": f["kept"], "frames": f["frames_kept"]}})
+        for group, counts in groups.items():
+            sequences[group] = sequences.get(group, 0) + counts["sequences"]
+            frames[group] = frames.get(group, 0) + counts["frames"]
+    longest = max((f["longest_phrase"] for f in used if f.get("longest_phrase")),
+                  key=lambda item: item["characters"], default=None)
+    return Inventory(key, sequences, frames, longest)
+
+
+def scan_inventory(shards: list[Path], key: str) -> Inventory:
+    """The inventory from one pass over the records, parsing only ids, frame counts and phrases."""
     spec = {key: tf.io.FixedLenFeature([], tf.int64), records.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.int64),
+            records.N_FRAMES: tf.io.FixedLenFeature([], tf.int64),
             records.PHRASE: tf.io.FixedLenFeature([], tf.string)}
 
-    def fields(record):
-        parsed = tf.io.parse_single_example(record, spec)
-        return parsed[key], parsed[records.SEQUENCE_ID], tf.strings.length(parsed[records.PHRASE])
+    def fields(batch):
+        parsed = tf.io.parse_example(batch, spec)
+        return (parsed[key], parsed[records.SEQUENCE_ID], parsed[records.N_FRAMES],
+                tf.strings.length(parsed[records.PHRASE]))
 
-    ds = tf.data.TFRecordDataset([str(p) for p in shards]).map(fields, num_parallel_calls=AUTOTUNE).batch(4096)
-    groups, sequence_ids, lengths = (np.concatenate(part) if part else np.zeros(0, np.int64)
-                                     for part in zip(*ds.as_numpy_iterator()))
-    if len(lengths) and lengths.max() > max_phrase_len:
+    ds = tf.data.TFRecordDataset([str(p) for p in shards], num_parallel_reads=min(len(shards), 8))
+    parts = list(ds.batch(4096).map(fields, num_parallel_calls=AUTOTUNE).as_numpy_iterator())
+    groups, sequence_ids, n_frames, lengths = ([np.concatenate(part) for part in zip(*parts)] if parts
+                                               else [np.zeros(0, np.int64)] * 4)
+    sequences = {int(g): int(np.count_nonzero(groups == g)) for g in np.unique(groups)}
+    frames = {int(g): int(n_frames[groups == g].sum()) for g in np.unique(groups)}
+    longest = None
+    if len(lengths):
         worst = int(np.argmax(lengths))
-        raise ValueError(f"sequence {int(sequence_ids[worst])} has a phrase of {int(lengths[worst])} characters, "
-                         f"longer than max_target_len - 2 = {max_phrase_len}; raise max_target_len")
-    ids, counts = np.unique(groups, return_counts=True)
-    return {int(i): int(c) for i, c in zip(ids, counts)}
+        longest = {"sequence_id": int(sequence_ids[worst]), "characters": int(lengths[worst])}
+    return Inventory(key, sequences, frames, longest)
 
 
-def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, resume: bool = False) -> dict:
+def read_inventory(data_dir: Path, shards: list[Path], key: str) -> Inventory:
+    found = inventory_from_manifest(data_dir, shards, key)
+    if found is None:
+        logger.info("%s: no per-participant counts in a manifest (shards copied by hand, or preprocessed by an "
+                    "older version): scanning the records once; re-run `fingerspell preprocess` to skip this",
+                    data_dir)
+        found = scan_inventory(shards, key)
+    return found
+
+
+def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, resume: bool = False,
+                       inventory: Inventory | None = None) -> dict:
     """The held-out groups, saved as RUN_DIR/split.json so a resumed run and the export see the same split.
 
     A resumed run must find the same shards it started with; a new run makes a new split.
@@ -87,13 +148,20 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
             raise ValueError(f"the preprocessed shards differ from those the run in {run_dir} started with "
                              f"(see {path}); resume with the same --data")
         return split
-    key = "participant_id" if cfg.val_split == "participant" else "file_id"
-    groups = scan_records(shards, key, cfg.max_target_len - 2)
-    split = {"key": key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
-             "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()}, "shards": names}
+    if inventory is None:
+        inventory = scan_inventory(shards, split_key(cfg))
+    inventory.check_phrases_fit(cfg.max_target_len - 2)
+    groups = inventory.sequences
+    split = {"key": inventory.key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
+             "sequences": sum(groups.values()), "counts": {str(g): n for g, n in groups.items()},
+             "frames": {str(g): n for g, n in inventory.frames.items()}, "shards": names}
     if path:
         atomic_write_json(path, split)
     return split
+
+
+def split_key(cfg: Config) -> str:
+    return records.PARTICIPANT_ID if cfg.val_split == "participant" else records.FILE_ID
 
 
 def _in_split(split: dict, validation: bool):
@@ -140,8 +208,7 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
         return (features.normalize(augment.spatial(points, cfg)), dec_in), targets
 
     if training:  # endless: Keras counts epochs by steps_per_epoch
-        buffer = max(1, min(shuffle_buffer, 16384 if cfg.cache else 4096))
-        records_ds = records_ds.shuffle(buffer, seed=cfg.seed if seed is None else seed,
+        records_ds = records_ds.shuffle(max(1, shuffle_buffer), seed=cfg.seed if seed is None else seed,
                                         reshuffle_each_iteration=True).repeat()
     ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=training)
     if augmenting:
@@ -174,14 +241,127 @@ def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int
     return records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, resume: bool = False):
-    """(train records, validation records, split info) from a preprocessed directory."""
+# --- what a run reads: the split, the held-out records, the cache ----------------------------
+
+VALIDATION_RECORDS = "validation.tfrecord"
+#: Decoded size of a record beyond its landmarks (phrase, ids, tensor headers), a generous guess.
+RECORD_OVERHEAD_BYTES = 512
+#: Without `cache_memory_gb`, the cache may take this share of the memory available at the start.
+CACHE_SHARE_OF_AVAILABLE = 0.5
+
+
+@dataclass
+class RunData:
+    """The records a run trains and validates on, and how they are read."""
+
+    train: tf.data.Dataset
+    valid: tf.data.Dataset
+    split: dict
+    n_train: int
+    n_valid: int
+    cached: bool  # training records kept in memory after the first epoch
+    train_bytes: int  # their decoded size
+
+
+def decoded_bytes(sequences: int, frames: int) -> int:
+    """Memory that decoded records take in tf.data's cache: float32 landmarks plus a per-record overhead."""
+    return frames * N_SELECTED_COLUMNS * 4 + sequences * RECORD_OVERHEAD_BYTES
+
+
+def cache_budget(cfg: Config) -> int | None:
+    """Bytes the record cache may take: `cache_memory_gb`, else half the available memory (None: unknown)."""
+    if cfg.cache_memory_gb:
+        return int(cfg.cache_memory_gb * 1e9)
+    available = machine.available_memory()
+    return None if available is None else int(available * CACHE_SHARE_OF_AVAILABLE)
+
+
+def decide_cache(setting: str, need: int, budget: int | None) -> bool:
+    """`cache=on|off` as given; `auto` caches only what fits the budget (nothing when it is unknown)."""
+    if setting != "auto":
+        return setting == "on"
+    return budget is not None and need <= budget
+
+
+def write_validation_records(shards: list[Path], key: str, groups: list[int], path: Path) -> int:
+    """Copy the records of the held-out groups, as they are, into one TFRecord file; return how many.
+
+    One pass over the shards when a run starts (parsing only the group id): afterwards
+    validation reads this file and never the training shards again.
+    """
+    spec = {key: tf.io.FixedLenFeature([], tf.int64)}
+    held = tf.constant(sorted(groups), tf.int64)
+
+    def held_out(batch):
+        ids = tf.io.parse_example(batch, spec)[key]
+        return tf.boolean_mask(batch, tf.reduce_any(tf.equal(ids[:, None], held[None, :]), axis=1))
+
+    ds = tf.data.TFRecordDataset([str(p) for p in shards], num_parallel_reads=min(len(shards), 8))
+    count = 0
+    with atomic_path(path, suffix=records.SHARD_SUFFIX) as tmp, records.ShardWriter(tmp) as writer:
+        for batch in ds.batch(1024).map(held_out, num_parallel_calls=AUTOTUNE).prefetch(2).as_numpy_iterator():
+            for record in batch:
+                writer.write(record)
+            count += len(batch)
+    return count
+
+
+def validation_records(shards: list[Path], split: dict, n_valid: int, run_dir: Path | None) -> tf.data.Dataset:
+    """The held-out records: RUN_DIR/validation.tfrecord (written on the run's first start), or,
+    without a run directory, a filter over all shards."""
+    if run_dir is None:
+        return records.load_dataset(shards).filter(_in_split(split, validation=True))
+    path = Path(run_dir) / VALIDATION_RECORDS
+    if not path.exists():
+        written = write_validation_records(shards, split["key"], split["validation"], path)
+        if written != n_valid:
+            path.unlink()
+            raise ValueError(f"found {written} held-out records in the shards, but the split expects {n_valid}: "
+                             f"the manifest does not describe these shards; re-run `fingerspell preprocess`")
+    return records.load_dataset([path])
+
+
+def op_determinism_enabled() -> bool:
+    """Whether the process called `tf.config.experimental.enable_op_determinism()` (tests that must
+    repeat exactly do); TensorFlow has no public getter, so the private one is used when present."""
+    try:
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+    except ImportError:  # pragma: no cover - a TensorFlow without it: the environment variable it replaced
+        return os.environ.get("TF_DETERMINISTIC_OPS", "").lower() in ("1", "true")
+    return bool(is_op_determinism_enabled())
+
+
+def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> RunData:
+    """The run's training and validation records from a preprocessed directory.
+
+    Validation records are copied once into the run directory; training records are
+    cached in memory when `cache` says so (`auto`: when their decoded size fits the
+    budget), else streamed from the shards each epoch in a new file order, with
+    non-deterministic parallel reads unless the process asked for op determinism.
+    """
     shards = records.shard_paths(data_dir)
-    # Shards are interleaved in a new order each epoch unless the records are cached.
-    all_records = records.load_dataset(shards, shuffle_files=not cfg.cache, seed=cfg.seed)  # checks the layout
-    split = load_or_make_split(shards, cfg, run_dir, resume)
-    train = all_records.filter(_in_split(split, validation=False))
-    valid = all_records.filter(_in_split(split, validation=True))
-    if cfg.cache:
-        train, valid = train.cache(), valid.cache()
-    return train, valid, split
+    records.check_layout(shards)
+    inventory = read_inventory(Path(data_dir), shards, split_key(cfg))
+    split = load_or_make_split(shards, cfg, run_dir, resume, inventory)
+    held = {str(g) for g in split["validation"]}
+    n_valid = sum(n for g, n in split["counts"].items() if g in held)
+    n_train = split["sequences"] - n_valid
+    frames = split.get("frames") or {str(g): n for g, n in inventory.frames.items()}
+    valid_bytes = decoded_bytes(n_valid, sum(n for g, n in frames.items() if g in held))
+    train_bytes = decoded_bytes(n_train, sum(n for g, n in frames.items() if g not in held))
+    budget = cache_budget(cfg)
+    cached = decide_cache(cfg.cache, train_bytes + valid_bytes, budget)
+    if cfg.cache == "auto":
+        logger.info("cache=auto: the records take ~%.2f GB decoded (training %.2f GB), the cache may use %s: %s",
+                    (train_bytes + valid_bytes) / 1e9, train_bytes / 1e9,
+                    "an unknown amount" if budget is None else f"{budget / 1e9:.2f} GB",
+                    "caching them in memory" if cached else "streaming the training records from disk")
+    train = records.load_dataset(shards, shuffle_files=not cached, seed=cfg.seed,
+                                 deterministic=op_determinism_enabled())
+    train = train.filter(_in_split(split, validation=False))
+    valid = validation_records(shards, split, n_valid, run_dir)
+    if cached or decide_cache(cfg.cache, valid_bytes, budget):
+        valid = valid.cache()
+    if cached:
+        train = train.cache()
+    return RunData(train, valid, split, n_train, n_valid, cached, train_bytes)

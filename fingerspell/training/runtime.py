@@ -2,7 +2,8 @@
 
 `resolve_runtime` turns the config's `distribute`, `jit_compile` and `mixed_precision`
 keys into what this machine can do: XLA cannot compile a step whose variables live on
-several devices, so it is on only with one replica. `write_run_info` records the result
+several devices, and Keras' multi-step loop fails under a distribution strategy, so both
+are used with one replica only. `write_run_info` records the result
 in RUN_DIR/run.json, so a run's speed and numbers can be traced to the hardware and code.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Runtime:
     jit_compile: bool
     mixed_precision: bool
     devices: list[str]
+    steps_per_execution: int
 
 
 def use_mixed_precision(cfg: Config) -> bool:
@@ -73,11 +75,22 @@ def resolve_jit_compile(setting: str, replicas: int) -> bool:
     return setting == "on" or (setting == "auto" and replicas == 1)
 
 
+def resolve_steps_per_execution(steps: int, replicas: int) -> int:
+    """Several steps per execution with one replica only: Keras 3's multi-step loop fails under a
+    distribution strategy ("You must feed a value for placeholder tensor", keras-team/keras#19246)."""
+    if steps > 1 and replicas > 1:
+        logger.info("steps_per_execution=%d -> 1 with %d replicas (Keras' multi-step loop fails under "
+                    "tf.distribute)", steps, replicas)
+        return 1
+    return steps
+
+
 def resolve_runtime(cfg: Config) -> Runtime:
     strategy = make_strategy(cfg.distribute)
     replicas = int(strategy.num_replicas_in_sync)
     return Runtime(strategy=strategy, replicas=replicas, jit_compile=resolve_jit_compile(cfg.jit_compile, replicas),
-                   mixed_precision=use_mixed_precision(cfg), devices=strategy_devices(strategy))
+                   mixed_precision=use_mixed_precision(cfg), devices=strategy_devices(strategy),
+                   steps_per_execution=resolve_steps_per_execution(cfg.steps_per_execution, replicas))
 
 
 def git_commit(timeout: float = 5.0) -> str | None:
@@ -104,9 +117,10 @@ def run_info(runtime: Runtime, data_dir: Path, start_epoch: int) -> dict:
             "data_dir": str(Path(data_dir).resolve())}
 
 
-def write_run_info(run_dir: Path, runtime: Runtime, data_dir: Path, start_epoch: int, resume: bool) -> dict:
-    """RUN_DIR/run.json: this session's runtime at the top level; on resume, the earlier sessions'
-    entries in `history`, oldest first (a new run starts an empty history)."""
+def write_run_info(run_dir: Path, runtime: Runtime, data_dir: Path, start_epoch: int, resume: bool,
+                   data: dict | None = None) -> dict:
+    """RUN_DIR/run.json: this session's runtime (and `data`: how its records are read) at the top level;
+    on resume, the earlier sessions' entries in `history`, oldest first (a new run starts an empty history)."""
     path = Path(run_dir) / RUN_INFO
     history: list[dict] = []
     if resume and path.exists():
@@ -116,6 +130,6 @@ def write_run_info(run_dir: Path, runtime: Runtime, data_dir: Path, start_epoch:
             logger.warning("%s: not valid JSON; its history is not kept", path)
         else:
             history = previous.pop("history", []) + [previous]
-    info = {**run_info(runtime, data_dir, start_epoch), "history": history}
+    info = {**run_info(runtime, data_dir, start_epoch), **(data or {}), "history": history}
     atomic_write_json(path, info)
     return info

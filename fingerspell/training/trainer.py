@@ -32,6 +32,7 @@ from fingerspell.training.runtime import Runtime, resolve_runtime, write_run_inf
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+RESUME_NAME = "resume.npz"
 #: Variables AdamW leaves undecayed, as transformer recipes do: biases, LayerNorm scales/offsets, embeddings.
 NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "embeddings")
 LOG_NAME = "train.log"
@@ -44,26 +45,37 @@ class TrainingError(RuntimeError):
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup to the peak rate, then cosine decay to 5% of it.
+    """Linear warmup to the peak rate, then cosine decay to 5% of it, over epochs.
 
-    `total_steps` is a variable so a run with a time budget can shorten the decay to
-    end when the budget does (see `RunKeeper`), instead of stopping at a high rate.
+    The optimizer's step is turned into epochs from where this session started
+    (`start_step`, `start_epoch`, set after a checkpoint is restored), so a run resumed
+    with another batch size continues at the same point of the curve. `total_epochs` is
+    a variable so a run with a time budget can end the decay when the budget does (see
+    `RunKeeper`) instead of stopping at a high rate.
     """
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
-        self.peak, self.warmup_steps = peak, warmup_steps
-        self.total_steps = tf.Variable(float(max(total_steps, 1)), trainable=False, dtype=tf.float32)
+    def __init__(self, peak: float, warmup_epochs: float, total_epochs: float, steps_per_epoch: int):
+        self.peak, self.warmup_epochs, self.steps_per_epoch = peak, warmup_epochs, max(steps_per_epoch, 1)
+        self.total_epochs = tf.Variable(float(total_epochs), trainable=False, dtype=tf.float32)
+        self.start_step = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        self.start_epoch = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+
+    def continue_from(self, step: int, epoch: int) -> None:
+        self.start_step.assign(float(step))
+        self.start_epoch.assign(float(epoch))
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
-        decay_steps = tf.maximum(self.total_steps - self.warmup_steps, 1.0)
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        epoch = self.start_epoch + (tf.cast(step, tf.float32) - self.start_step) / self.steps_per_epoch
+        # The first step runs at peak / steps of warmup, not at zero.
+        warm = self.peak * (epoch + 1.0 / self.steps_per_epoch) / max(self.warmup_epochs, 1e-9)
+        decay_epochs = tf.maximum(self.total_epochs - self.warmup_epochs, 1e-3)
+        progress = tf.clip_by_value((epoch - self.warmup_epochs) / decay_epochs, 0.0, 1.0)
         cosine = self.peak * (0.05 + 0.95 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
-        return tf.where(step < self.warmup_steps, warm, cosine)
+        return tf.where(epoch < self.warmup_epochs, tf.minimum(warm, self.peak), cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": float(self.total_steps.numpy())}
+        return {"peak": self.peak, "warmup_epochs": self.warmup_epochs,
+                "total_epochs": float(self.total_epochs.numpy()), "steps_per_epoch": self.steps_per_epoch}
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, WarmupCosine | None]:
@@ -71,8 +83,7 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.
     schedule = None
     rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
-        schedule = rate = WarmupCosine(cfg.learning_rate, int(cfg.warmup_epochs * steps_per_epoch),
-                                       cfg.epochs * steps_per_epoch)
+        schedule = rate = WarmupCosine(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs, steps_per_epoch)
     options = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}  # one norm over all gradients
     if cfg.weight_decay:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options)
@@ -108,25 +119,77 @@ def _atomic_save_weights(model: keras.Model, path: Path) -> None:
         model.save_weights(tmp)
 
 
+def base_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer whose state a checkpoint keeps: under mixed precision, the one inside the loss scaling."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def save_last(model: keras.Model, run_dir: Path, state: dict) -> None:
-    """Weights and optimizer state (Keras keeps both in the .weights.h5), then the epoch state."""
+    """The resume checkpoint, then the same weights as `last.weights.h5` (for export) and `state.json` (to read).
+
+    `resume.npz` holds the model's weights, the optimizer's state and the epoch state in
+    one file written atomically, so a run killed at any moment resumes from one consistent
+    epoch. The optimizer state is the base optimizer's (not the loss-scale wrapper's), so it
+    restores under either precision.
+    """
+    optimizer = base_optimizer(model.optimizer)
+    state = {**state, "step": int(optimizer.iterations.numpy())}
+    arrays = {f"model/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.weights)}
+    arrays.update({f"optimizer/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer.variables)})
+    with atomic_path(run_dir / CHECKPOINTS / RESUME_NAME, suffix=".npz") as tmp:
+        np.savez(tmp, state=np.array(json.dumps(state)), **arrays)
     _atomic_save_weights(model, run_dir / CHECKPOINTS / "last.weights.h5")
     atomic_write_json(run_dir / CHECKPOINTS / "state.json", state)
 
 
 def read_state(run_dir: Path) -> dict:
-    """The epoch, best score and timing of the `last` checkpoint."""
-    state_path = run_dir / CHECKPOINTS / "state.json"
+    """The epoch, best score, optimizer step and timing of the `last` checkpoint."""
+    resume_path = run_dir / CHECKPOINTS / RESUME_NAME
+    if resume_path.exists():
+        with np.load(resume_path) as saved:
+            return json.loads(str(saved["state"]))
+    state_path = run_dir / CHECKPOINTS / "state.json"  # a run saved before resume.npz existed
     if not state_path.exists():
-        raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/state.json)")
+        raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/{RESUME_NAME})")
     return json.loads(state_path.read_text())
 
 
+def _assign_saved(variables: list, saved, prefix: str, path: Path) -> None:
+    names = sorted(k for k in saved.files if k.startswith(prefix + "/"))
+    if len(names) != len(variables):
+        raise TrainingError(f"{path}: holds {len(names)} {prefix} variables, this run has {len(variables)}: "
+                            f"the checkpoint belongs to another model configuration")
+    for variable, name in zip(variables, names):
+        value = saved[name]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise TrainingError(f"{path}: {prefix} variable {variable.path} has shape {tuple(variable.shape)}, "
+                                f"the checkpoint {tuple(value.shape)}: another model configuration")
+        variable.assign(value)
+
+
 def restore_last(model: keras.Model, run_dir: Path) -> dict:
-    """Load the `last` checkpoint into a compiled model, optimizer included; return its state."""
+    """Load the `last` checkpoint into a compiled model, optimizer included; return its state.
+
+    Refuses (TrainingError) when the optimizer's step after loading is not the saved one:
+    a run must never continue silently with a fresh optimizer.
+    """
     state = read_state(run_dir)
+    optimizer = base_optimizer(model.optimizer)
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(run_dir / CHECKPOINTS / "last.weights.h5")
+    path = run_dir / CHECKPOINTS / RESUME_NAME
+    if path.exists():
+        with np.load(path) as saved:
+            _assign_saved(model.weights, saved, "model", path)
+            _assign_saved(optimizer.variables, saved, "optimizer", path)
+    else:  # a run saved before resume.npz: Keras' file, which only loads under the precision it was saved with
+        path = run_dir / CHECKPOINTS / "last.weights.h5"
+        model.load_weights(path)
+    restored = int(optimizer.iterations.numpy())
+    expected = state.get("step", restored if restored else None)
+    if expected is None or restored != expected:
+        raise TrainingError(f"{path}: the optimizer state was not restored (step {restored}, expected "
+                            f"{expected if expected is not None else 'more than 0'}); this checkpoint only resumes "
+                            f"with the mixed_precision setting it was saved with")
     return state
 
 
@@ -187,7 +250,8 @@ class RunKeeper(keras.callbacks.Callback):
         self.sequences_seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self.sequences_seen += self.cfg.batch_size
+        # With steps_per_execution, Keras calls this every N-th step with the last step's index.
+        self.sequences_seen = (batch + 1) * self.cfg.batch_size
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -205,7 +269,7 @@ class RunKeeper(keras.callbacks.Callback):
             row.update(self._score(epoch))
             logs["val_score"] = row["val_score"]
         self.epochs_this_session += 1
-        self.fit_schedule_to_budget()
+        self.fit_schedule_to_budget(epoch + 1)
         self.state.update(epoch=epoch + 1, train_seconds=round(self.timer.total, 2))
         save_last(self.model, self.run_dir, self.state)
         append_metrics(self.run_dir, row)
@@ -214,20 +278,18 @@ class RunKeeper(keras.callbacks.Callback):
         if scoring:
             plot_curves(self.run_dir)
 
-    def fit_schedule_to_budget(self) -> None:
+    def fit_schedule_to_budget(self, epochs_done: int) -> None:
         """With a time budget, end the cosine decay where the budget is expected to end.
 
         Uses the latest epoch's speed; the first epoch of a session (XLA compilation,
-        cache filling) is skipped. The value is saved in state.json for `--resume`.
+        cache filling) is skipped. The value is saved in the checkpoint state for `--resume`.
         """
         if self.schedule is None or not self.cfg.time_budget_minutes or self.epochs_this_session < 2:
             return
-        seconds_per_step = self.timer.epoch_seconds / self.steps_per_epoch
-        left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0) / seconds_per_step
-        done = int(self.model.optimizer.iterations.numpy())
-        total = float(min(self.cfg.epochs * self.steps_per_epoch, done + left))
-        self.schedule.total_steps.assign(total)
-        self.state["budget_total_steps"] = total
+        seconds_left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0)
+        total = float(min(self.cfg.epochs, epochs_done + seconds_left / max(self.timer.epoch_seconds, 1e-9)))
+        self.schedule.total_epochs.assign(total)
+        self.state["budget_total_epochs"] = total
 
     def _score(self, epoch: int) -> dict:
         start = time.perf_counter()
@@ -290,8 +352,10 @@ def plot_curves(run_dir: Path) -> Path:
 
 # --- the run ------------------------------------------------------------------------------------
 
-# Operational keys: how long and where to train, not what is trained.
-RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile")
+# Operational keys: how long, where and how fast to train, and how often to look; not what is trained.
+RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile", "mixed_precision", "cache",
+                     "cache_memory_gb", "steps_per_execution", "batch_size", "eval_every", "eval_batch_size",
+                     "eval_max_sequences", "show_examples_every")
 
 
 def new_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -305,7 +369,8 @@ def new_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
-    """The run's saved config with the few changes a resumed run may take (more epochs or time, other devices)."""
+    """The run's saved config with the changes a resumed run may take (`RESUMABLE_CHANGES`: more epochs or
+    time, other devices, precision, batch sizes, caching, evaluation cadence)."""
     saved = run_dir / "config.json"
     if not saved.exists():
         raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
@@ -364,11 +429,9 @@ def run_log(run_dir: Path) -> Iterator[Path]:
 
 def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) -> dict:
     state = read_state(run_dir) if resume else {}
-    start_epoch = state.get("epoch", 0)
     # A resumed run draws new shuffles and augmentations instead of replaying epoch 1's.
-    keras.utils.set_random_seed(cfg.seed + start_epoch)
+    keras.utils.set_random_seed(cfg.seed + state.get("epoch", 0))
     runtime = resolve_runtime(cfg)
-    write_run_info(run_dir, runtime, data_dir, start_epoch, resume)
     logger.info("%s with %d replica(s) on %s; XLA %s, mixed precision %s", type(runtime.strategy).__name__,
                 runtime.replicas, ", ".join(runtime.devices), "on" if runtime.jit_compile else "off",
                 "on" if runtime.mixed_precision else "off")
@@ -381,27 +444,39 @@ def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) ->
         keras.mixed_precision.set_global_policy(policy)  # an export in this process stays float32
 
 
+def steps_per_epoch(n_train: int, batch_size: int, per_execution: int) -> tuple[int, int]:
+    """(steps per epoch, steps per execution): whole batches, in whole executions of the compiled step
+    (Keras would otherwise run the last execution of an epoch past its end)."""
+    steps = n_train // batch_size
+    per_execution = max(1, min(per_execution, steps))
+    return steps - steps % per_execution, per_execution
+
+
 def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: bool, state: dict,
          callbacks) -> dict:
     start_epoch = state.get("epoch", 0)
     try:
-        train_records, valid_records, split = pipeline.split_datasets(data_dir, cfg, run_dir, resume=resume)
+        data = pipeline.split_datasets(data_dir, cfg, run_dir, resume=resume)
     except ValueError as err:
         raise TrainingError(f"{data_dir}: {err}") from None
-    n_valid = sum(split["counts"][str(g)] for g in split["validation"])
-    n_train = split["sequences"] - n_valid
-    steps = n_train // cfg.batch_size
+    n_train, n_valid, split = data.n_train, data.n_valid, data.split
+    steps, per_execution = steps_per_epoch(n_train, cfg.batch_size, runtime.steps_per_execution)
     if steps < 1:
         raise TrainingError(f"{data_dir}: {n_train} training sequences, fewer than one batch of {cfg.batch_size}")
     if cfg.batch_size % runtime.replicas:
         raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
                             f"use a multiple of {runtime.replicas}")
-    train_batches = pipeline.training_batches(train_records, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
-                                              shuffle_buffer=n_train)
+    write_run_info(run_dir, runtime, data_dir, start_epoch, resume,
+                   data={"cache": "memory" if data.cached else "stream",
+                         "train_records_gb": round(data.train_bytes / 1e9, 3), "steps_per_epoch": steps,
+                         "steps_per_execution": per_execution})
+    train_batches = pipeline.training_batches(data.train, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
+                                              shuffle_buffer=min(n_train, 16384) if data.cached else 4096)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
     # the validation loss takes a multiple of the replica count (the score still uses every sequence).
     n_valid_loss = n_valid - n_valid % runtime.replicas
-    valid_loss_batches = pipeline.training_batches(valid_records.take(n_valid_loss), cfg, False, cfg.batch_size)
+    valid_loss_batches = pipeline.training_batches(data.valid.take(n_valid_loss), cfg, False, cfg.batch_size)
+    valid_records = data.valid
     if cfg.eval_max_sequences:  # a fixed random subset, not the first files' signers
         valid_records = valid_records.shuffle(n_valid, seed=cfg.seed, reshuffle_each_iteration=False).take(
             cfg.eval_max_sequences)
@@ -410,16 +485,19 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     with runtime.strategy.scope():
         model = build_model(cfg, features.feature_dim(cfg.normalization))
         optimizer, schedule = make_optimizer(cfg, steps)
-        model.compile(optimizer=optimizer, jit_compile=runtime.jit_compile)
+        model.compile(optimizer=optimizer, jit_compile=runtime.jit_compile, steps_per_execution=per_execution)
         if resume:
             restore_last(model, run_dir)
-    if schedule is not None and "budget_total_steps" in state:
-        schedule.total_steps.assign(state["budget_total_steps"])
+    if schedule is not None:
+        schedule.continue_from(int(base_optimizer(model.optimizer).iterations.numpy()), start_epoch)
+        if "budget_total_epochs" in state:
+            schedule.total_epochs.assign(state["budget_total_epochs"])
     if start_epoch >= cfg.epochs:
         logger.info("%s: already trained for %d epochs (epochs=%d); nothing to do", run_dir, start_epoch, cfg.epochs)
         return summarize(run_dir, state, model, n_train, n_valid)
-    logger.info("training on %d sequences, validating on %d (held-out %ss: %s); %s parameters", n_train, n_valid,
-                split["key"], split["validation"], f"{model.count_params():,}")
+    logger.info("training on %d sequences, validating on %d (held-out %ss: %s); %s parameters; %d steps per epoch "
+                "in executions of %d", n_train, n_valid, split["key"], split["validation"],
+                f"{model.count_params():,}", steps, per_execution)
     timer = EpochTimer(cfg.time_budget_minutes * 60, total=state.get("train_seconds", 0.0))
     keeper = RunKeeper(run_dir, cfg, eval_batches, timer, steps, schedule, state)
     # The progress bar first: it ends its line before the run's own log lines of the epoch.
