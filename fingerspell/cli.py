@@ -196,8 +196,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help="the same as epochs=N")
     p.add_argument("--batch-size", type=int, metavar="B", help="the same as batch_size=B")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out where it stopped (only epochs, time_budget_minutes, distribute "
-                        "and jit_compile may change)")
+                   help="continue the run in --out where it stopped, on the --data-dir it started with unless "
+                        "another is given; operational keys may change (epochs, time, devices, precision, batch "
+                        "sizes, cache, evaluation cadence), the model and data keys may not")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (--config file, then key=value) as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
@@ -233,7 +234,7 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def resume_changes(args: argparse.Namespace) -> dict:
-    """What a --resume asks to change (the trainer allows only more epochs or time, or other devices)."""
+    """What a --resume asks to change (the trainer refuses all but its operational keys)."""
     from fingerspell.config import Config, ConfigError
 
     if args.config:
@@ -256,6 +257,15 @@ def resolve_config(args: argparse.Namespace):
     return base.override(cli_overrides(args))
 
 
+def started_on(run_dir: Path) -> Path | None:
+    """The data directory a run last trained on (RUN_DIR/run.json), for a --resume without --data-dir."""
+    try:
+        found = json.loads((run_dir / "run.json").read_text()).get("data_dir")
+    except (OSError, ValueError):
+        return None
+    return Path(found) if found else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from fingerspell.config import ConfigError
 
@@ -265,8 +275,11 @@ def run_train(args: argparse.Namespace) -> int:
         except ConfigError as err:
             return error(err)
         return 0
+    if args.resume and args.data_dir is None and args.out is not None:
+        args.data_dir = started_on(args.out)
     if args.data_dir is None or args.out is None:
-        raise UsageError("--data-dir and --out are required (unless --print-config)")
+        raise UsageError("--data-dir and --out are required (unless --print-config; --resume finds the data "
+                         "directory in RUN_DIR/run.json)")
     require("train", "tensorflow", "keras")
     from fingerspell.data.records import RecordFormatError
     from fingerspell.training.trainer import TrainingError, resume, train

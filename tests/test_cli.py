@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,18 @@ def test_print_config_of_a_resumed_run(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path), "--resume", "--print-config", "epochs=99"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["num_hid"] == 64 and printed["epochs"] == 99
+
+
+@pytest.mark.slow
+def test_resume_finds_the_data_directory_in_run_json(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert cli.main(["train", "--out", str(run), "--resume", "eval_batch_size=32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 12  # already trained: nothing to do, but the run and its data were found
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["history"]) == 1 and info["data_dir"] == info["history"][0]["data_dir"]
+    assert Config.load(run / "config.json").eval_batch_size == 32
 
 
 def test_train_without_data_dir_is_a_usage_error(capsys):

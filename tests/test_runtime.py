@@ -6,14 +6,17 @@ import logging
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from fingerspell.config import Config, ConfigError
-from fingerspell.training.runtime import resolve_jit_compile
-from fingerspell.training.trainer import resume, steps_per_epoch, train
+from fingerspell.model.transformer import build_model
+from fingerspell.training.runtime import resolve_jit_compile, resolve_steps_per_execution
+from fingerspell.training.trainer import (RESUME_NAME, TrainingError, base_optimizer, make_optimizer, read_metrics,
+                                         resume, steps_per_epoch, train)
 
 from tests.deterministic import run_deterministic
-from tests.test_training import tiny_config
+from tests.test_training import StopAfter, tiny_config
 
 
 def test_old_configs_with_a_boolean_jit_compile_still_load(tmp_path):
@@ -27,6 +30,8 @@ def test_old_configs_with_a_boolean_jit_compile_still_load(tmp_path):
         Config().override(["distribute=gpus"])
     with pytest.raises(ConfigError, match="jit_compile='yes please': expected one of"):
         Config().override(["jit_compile=yes please"])
+    assert Config(cache=True).cache == "on" and Config.from_dict({"cache": False}).cache == "off"
+    assert Config().cache == "auto" and Config().override(["cache=false"]).cache == "off"
 
 
 def test_xla_only_with_one_replica(caplog):
@@ -36,6 +41,7 @@ def test_xla_only_with_one_replica(caplog):
         assert not resolve_jit_compile("on", 2)
     assert "jit_compile=on ignored" in caplog.text and "2 replicas" in caplog.text
     assert resolve_jit_compile("on", 1)
+    assert resolve_steps_per_execution(4, 2) == 1 and resolve_steps_per_execution(4, 1) == 4
 
 
 def train_on_two_cpus(data_dir: str, run_dir: str) -> dict:
@@ -76,3 +82,66 @@ def test_mirrored_training_without_xla_then_resume_on_one_device(preprocessed_sm
     assert info["steps_per_execution"] > 1
     assert [h["replicas"] for h in info["history"]] == [2] and info["start_epoch"] == 2
     assert Config.load(run / "config.json").distribute == "none"
+
+
+class OptimizerAtStart(keras.callbacks.Callback):
+    """The step count and Adam moments of the base optimizer when training begins (after a restore)."""
+
+    def on_train_begin(self, logs=None):
+        optimizer = base_optimizer(self.model.optimizer)
+        self.iterations = int(optimizer.iterations.numpy())
+        self.moments = [v.numpy().copy() for v in optimizer.variables if "momentum" in v.path]
+
+
+def saved_moments(run: Path) -> list[np.ndarray]:
+    """The Adam first moments stored in the run's resume checkpoint, in the optimizer's order."""
+    model = build_model(Config.load(run / "config.json"), 78)
+    optimizer = make_optimizer(Config.load(run / "config.json"), 1)[0]
+    optimizer.build(model.trainable_variables)
+    with np.load(run / "checkpoints" / RESUME_NAME) as saved:
+        names = sorted(k for k in saved.files if k.startswith("optimizer/"))
+        return [saved[n] for n, v in zip(names, optimizer.variables) if "momentum" in v.path]
+
+
+@pytest.mark.slow
+def test_mixed_precision_epoch_and_resume_across_precisions_keeps_the_optimizer(preprocessed_small, tmp_path):
+    run = tmp_path / "run"
+    # Streams its records (a 1 kB cache budget) and runs one epoch under mixed_float16 on the CPU.
+    summary = train(preprocessed_small, run, tiny_config("epochs=3", "mixed_precision=on", "cache_memory_gb=1e-6"),
+                    callbacks=[StopAfter(1)])
+    info = json.loads((run / "run.json").read_text())
+    assert info["mixed_precision"] is True and info["cache"] == "stream"
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run's policy does not leak
+    loss = float(read_metrics(run)[0]["loss"])
+    assert np.isfinite(loss)
+    steps, _ = steps_per_epoch(summary["train_sequences"], 16, 4)
+
+    # float16 -> float32 with a smaller batch: the optimizer continues at its step with its moments.
+    moments = saved_moments(run)
+    at_start = OptimizerAtStart()
+    resume(preprocessed_small, run, {"mixed_precision": "off", "batch_size": 8}, callbacks=[at_start, StopAfter(2)])
+    assert at_start.iterations == steps and len(at_start.moments) == len(moments) > 0
+    for restored, saved in zip(at_start.moments, moments):
+        np.testing.assert_array_equal(restored, saved)
+    assert json.loads((run / "run.json").read_text())["mixed_precision"] is False
+    small_steps, _ = steps_per_epoch(summary["train_sequences"], 8, 4)
+
+    # float32 -> float16: the step count of both epochs is kept.
+    at_start = OptimizerAtStart()
+    resume(preprocessed_small, run, {"mixed_precision": "on"}, callbacks=[at_start])
+    assert at_start.iterations == steps + small_steps
+    # The learning rate follows the 3-epoch schedule by epochs, whatever the batch size of each epoch was.
+    schedule = make_optimizer(Config.load(run / "config.json"), 10)[1]
+    expected = [float(schedule(epoch * 10)) for epoch in (1, 2, 3)]
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in read_metrics(run)], expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_optimizer_cannot_be_restored_is_refused(preprocessed_small, tmp_path):
+    """A run saved before resume.npz (Keras' file only) does not resume under another precision."""
+    run = tmp_path / "run"
+    train(preprocessed_small, run, tiny_config("epochs=1"))
+    (run / "checkpoints" / RESUME_NAME).unlink()
+    with pytest.raises(TrainingError, match="optimizer state was not restored .* mixed_precision setting"):
+        resume(preprocessed_small, run, {"epochs": 2, "mixed_precision": "on"})
+    assert resume(preprocessed_small, run, {"epochs": 2})["epochs"] == 2  # under its own precision it does

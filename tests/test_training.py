@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,51 @@ def test_validation_split_holds_out_whole_participants(preprocessed_small, tmp_p
     assert json.loads((tmp_path / "split.json").read_text())["validation"] == split["validation"]
     by_file = pipeline.choose_validation({1: 10, 2: 10, 3: 10}, 0.3, seed=0)
     assert len(by_file) == 1
+
+
+def test_the_manifest_gives_the_same_inventory_as_a_scan_of_the_records(preprocessed_small):
+    shards = records.shard_paths(preprocessed_small)
+    for key in ("participant_id", "file_id"):
+        from_manifest = pipeline.inventory_from_manifest(preprocessed_small, shards, key)
+        scanned = pipeline.scan_inventory(shards, key)
+        assert from_manifest is not None and len(from_manifest.sequences) > 1
+        assert (from_manifest.sequences, from_manifest.frames) == (scanned.sequences, scanned.frames)
+        assert from_manifest.longest_phrase["characters"] == scanned.longest_phrase["characters"]
+
+
+def test_validation_reads_its_own_copy_never_the_shards(preprocessed_small, tmp_path):
+    data_dir = tmp_path / "pre"
+    shutil.copytree(preprocessed_small, data_dir)
+    data = pipeline.split_datasets(data_dir, tiny_config(), tmp_path / "run_dir_files")
+    copy = tmp_path / "run_dir_files" / pipeline.VALIDATION_RECORDS
+    assert copy.exists()
+    expected = sorted(int(r["sequence_id"]) for r in records.load_dataset(data_dir).as_numpy_iterator()
+                      if int(r["participant_id"]) in data.split["validation"])
+    shutil.rmtree(data_dir)  # validation no longer needs the shards
+    assert sorted(int(r["sequence_id"]) for r in data.valid.as_numpy_iterator()) == expected
+    assert len(expected) == data.n_valid > 0
+
+
+def test_cache_auto_streams_what_does_not_fit_the_memory(preprocessed_small, tmp_path, monkeypatch):
+    from fingerspell import machine
+
+    assert pipeline.decide_cache("auto", 3 * 10**9, 2 * 10**9) is False
+    assert pipeline.decide_cache("auto", 10**9, 2 * 10**9) is True
+    assert pipeline.decide_cache("auto", 1, None) is False  # unknown memory: stream
+    assert pipeline.decide_cache("on", 3 * 10**9, 0) is True and pipeline.decide_cache("off", 1, 10**9) is False
+    monkeypatch.setattr(machine, "available_memory", lambda: 10_000)  # a container with ~no memory left
+    tight = pipeline.split_datasets(preprocessed_small, tiny_config(), tmp_path / "a")
+    assert not tight.cached and tight.train_bytes > 5_000
+    monkeypatch.setattr(machine, "available_memory", lambda: 64 * 10**9)
+    roomy = pipeline.split_datasets(preprocessed_small, tiny_config(), tmp_path / "b")
+    assert roomy.cached and roomy.train_bytes == tight.train_bytes
+    # An explicit budget wins over the available memory.
+    budget = pipeline.split_datasets(preprocessed_small, tiny_config(f"cache_memory_gb={tight.train_bytes / 2e9}"),
+                                     tmp_path / "c")
+    assert not budget.cached
+    # Streamed or cached, training sees the same records.
+    ids = [sorted(int(r["sequence_id"]) for r in d.train.as_numpy_iterator()) for d in (tight, roomy)]
+    assert ids[0] == ids[1] and len(ids[0]) == tight.n_train
 
 
 OVERFIT_ROUNDS, OVERFIT_STEPS = 10, 60  # at most 600 steps; it needs far fewer

@@ -1,9 +1,12 @@
 """Training runs: config, split, model, optimizer, checkpoints, resume, metrics and curves.
 
 A run directory holds `config.json`, `character_to_prediction_index.json`, `split.json`,
-`checkpoints/{last,best}.weights.h5` (+ the optimizer state and `state.json` for an exact
-`--resume`), `run.json` (strategy, devices, XLA, versions: see runtime.py), `metrics.csv`,
-`curves.png`, the run's log `train.log` and TensorBoard logs under `tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
+`validation.tfrecord` (the held-out records, see data/pipeline.py), `checkpoints/resume.npz`
+(weights, optimizer state and epoch state in one file: what `--resume` reads),
+`checkpoints/{last,best}.weights.h5` (Keras weights, for export), `checkpoints/state.json`
+(the resume state, readable), `run.json` (strategy, devices, XLA, precision, cache, versions:
+see runtime.py), `metrics.csv`, `curves.png`, the run's log `train.log` and TensorBoard logs
+under `tensorboard/`. Progress goes to `logging`; the `fingerspell` command shows it on stderr.
 """
 from __future__ import annotations
 
