@@ -55,6 +55,7 @@ def seed_config(**changes: Any) -> Config:
         normalization="seed", key_dim=200, learning_rate=1e-4, lr_schedule="constant",
         warmup_epochs=0.0, weight_decay=0.0, clipnorm=0.0, aug_speed=False, aug_affine=False,
         aug_frame_drop=False, aug_point_dropout=False, trim_padding=False,
+        steps_per_execution=1,  # Keras 2 model.fit called the step once per batch
     )
     seed.update(changes)
     return Config(**seed).validate()

@@ -68,8 +68,9 @@ class Config:
                                  'them from disk every epoch), "on", "off"')
     cache_memory_gb: float = _option(0.0, "memory the record cache may use (cache=auto); 0 -> half of the memory "
                                           "available at the start (container limits included)")
-    steps_per_execution: int = _option(4, "training steps per call into the compiled step: fewer round trips from "
-                                          "Python to the device; callbacks (time budget) see every N-th step")
+    steps_per_execution: int = _option(4, "training steps per call into the compiled step (one replica): Keras waits "
+                                          "for the device and reads the loss once per call, not once per step; "
+                                          "callbacks (time budget, progress) see every N-th step")
     trim_padding: bool = _option(True, "drop target columns that are padding in the whole batch (same loss, less work)")
 
     # Validation and logging
