@@ -363,10 +363,11 @@ RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile
 
 def new_run_dir(run_dir: Path, cfg: Config) -> None:
     """Create a run directory; refuse one that already holds a run (nothing a user has is overwritten)."""
-    if (run_dir / CHECKPOINTS / "state.json").exists():
+    if any((run_dir / CHECKPOINTS / name).exists() for name in (RESUME_NAME, "state.json")):
         raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
     (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    (run_dir / "split.json").unlink(missing_ok=True)  # from an aborted start: the split is made anew
+    for name in ("split.json", pipeline.VALIDATION_RECORDS):  # from an aborted start: the split is made anew
+        (run_dir / name).unlink(missing_ok=True)
     cfg.save(run_dir / "config.json")
     vocab.write_character_map(run_dir)
 
