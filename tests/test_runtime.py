@@ -144,4 +144,5 @@ def test_a_checkpoint_whose_optimizer_cannot_be_restored_is_refused(preprocessed
     (run / "checkpoints" / RESUME_NAME).unlink()
     with pytest.raises(TrainingError, match="optimizer state was not restored .* mixed_precision setting"):
         resume(preprocessed_small, run, {"epochs": 2, "mixed_precision": "on"})
+    assert Config.load(run / "config.json").mixed_precision == "auto"  # a refused resume changes nothing
     assert resume(preprocessed_small, run, {"epochs": 2})["epochs"] == 2  # under its own precision it does

@@ -374,7 +374,7 @@ def new_run_dir(run_dir: Path, cfg: Config) -> None:
 
 def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
     """The run's saved config with the changes a resumed run may take (`RESUMABLE_CHANGES`: more epochs or
-    time, other devices, precision, batch sizes, caching, evaluation cadence)."""
+    time, other devices, precision, batch sizes, caching, evaluation cadence); saved once the run restored."""
     saved = run_dir / "config.json"
     if not saved.exists():
         raise TrainingError(f"{run_dir}: cannot --resume, no config.json there")
@@ -382,9 +382,7 @@ def resumed_config(run_dir: Path, changes: dict | None = None) -> Config:
     if refused := sorted(set(changes) - set(RESUMABLE_CHANGES)):
         raise TrainingError(f"a resumed run keeps its config ({saved}); only {list(RESUMABLE_CHANGES)} "
                             f"may change, not {refused}")
-    cfg = Config.from_dict({**Config.load(saved).to_dict(), **changes})
-    cfg.save(saved)
-    return cfg
+    return Config.from_dict({**Config.load(saved).to_dict(), **changes})
 
 
 def train(data_dir: Path, run_dir: Path, cfg: Config, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
@@ -492,6 +490,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         model.compile(optimizer=optimizer, jit_compile=runtime.jit_compile, steps_per_execution=per_execution)
         if resume:
             restore_last(model, run_dir)
+            cfg.save(run_dir / "config.json")  # the changes take effect only once the checkpoint restored
     if schedule is not None:
         schedule.continue_from(int(base_optimizer(model.optimizer).iterations.numpy()), start_epoch)
         if "budget_total_epochs" in state:
