@@ -137,6 +137,7 @@ def test_mixed_precision_epoch_and_resume_across_precisions_keeps_the_optimizer(
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")  # Keras' warning, made an error here
 def test_a_checkpoint_whose_optimizer_cannot_be_restored_is_refused(preprocessed_small, tmp_path):
     """A run saved before resume.npz (Keras' file only) does not resume under another precision."""
     run = tmp_path / "run"
