@@ -59,8 +59,9 @@ class Config:
     weight_decay: float = _option(1e-4, "AdamW weight decay (not on biases, LayerNorm or embeddings); 0 -> Adam")
     clipnorm: float = _option(1.0, "clip the global norm of all gradients together to this; 0 -> off")
     label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy")
-    jit_compile: str = _option("auto", '"auto" (XLA with one replica, off with several: it cannot compile mirrored '
-                                        'variables), "on", "off"; XLA trains ~1.6x faster on one device, CPU included')
+    jit_compile: str = _option("auto", '"auto" (XLA with one GPU; off on CPU, where bench/bench_training.py measured '
+                                        'it ~7% slower, and with several replicas: it cannot compile mirrored '
+                                        'variables), "on", "off"')
     mixed_precision: str = _option("auto", '"auto" (on with a GPU), "on", "off"')
     distribute: str = _option("auto", '"auto" (mirrored with several GPUs, else none), "none", "mirrored" (all GPUs, '
                                       'or all logical CPUs without a GPU), "multi_worker"')

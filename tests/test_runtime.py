@@ -35,12 +35,13 @@ def test_old_configs_with_a_boolean_jit_compile_still_load(tmp_path):
 
 
 def test_xla_only_with_one_replica(caplog):
-    assert resolve_jit_compile("auto", 1) and not resolve_jit_compile("auto", 2)
-    assert not resolve_jit_compile("off", 1)
+    assert resolve_jit_compile("auto", 1, on_gpu=True) and not resolve_jit_compile("auto", 2, on_gpu=True)
+    assert not resolve_jit_compile("auto", 1, on_gpu=False)  # measured slower on CPU
+    assert not resolve_jit_compile("off", 1, on_gpu=True)
     with caplog.at_level(logging.WARNING, logger="fingerspell"):
-        assert not resolve_jit_compile("on", 2)
+        assert not resolve_jit_compile("on", 2, on_gpu=True)
     assert "jit_compile=on ignored" in caplog.text and "2 replicas" in caplog.text
-    assert resolve_jit_compile("on", 1)
+    assert resolve_jit_compile("on", 1, on_gpu=False)
     assert resolve_steps_per_execution(4, 2) == 1 and resolve_steps_per_execution(4, 1) == 4
 
 
@@ -74,7 +75,8 @@ def test_mirrored_training_without_xla_then_resume_on_one_device(preprocessed_sm
     assert Config.load(run / "config.json").jit_compile == "auto"  # the setting is kept, not its resolution
 
     first = FirstStep()
-    resumed = resume(preprocessed_small, run, {"epochs": 3, "distribute": "none"}, callbacks=[first])
+    resumed = resume(preprocessed_small, run, {"epochs": 3, "distribute": "none", "jit_compile": "on"},
+                     callbacks=[first])
     steps, _ = steps_per_epoch(summary["train_sequences"], 16, 1)  # one step per execution when mirrored
     assert resumed["epochs"] == 3 and first.iterations == 2 * steps
     info = json.loads((run / "run.json").read_text())
