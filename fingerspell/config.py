@@ -24,8 +24,68 @@ def _option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class Settings:
+    """What every config dataclass of the toolkit shares: typed fields, JSON files, `key=value` overrides.
+
+    A subclass is a `@dataclass` whose fields are made with `_option`; its `validate` calls
+    `check_types` and adds its own checks.
+    """
+
+    def check_types(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}={value!r}: expected a {f.type}")
+
+    def validate(self):
+        self.check_types()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config"):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values).validate()
+
+    @classmethod
+    def load(cls, path: Path):
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config keys")
+        return cls.from_dict(values, source=str(path))
+
+    def override(self, assignments: list[str]):
+        """A copy with `key=value` strings applied, each parsed as its field's type."""
+        types = {f.name: f.type for f in fields(self)}
+        values = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            if key not in types:
+                raise ConfigError(f"override {item!r}: unknown config key {key!r}; known keys: {sorted(types)}")
+            values[key] = _parse_value(key, raw.strip(), types[key])
+        return type(self).from_dict(values, source="overrides")
+
+
 @dataclass
-class Config:
+class Config(Settings):
     """Every setting of a training run; each field's `help` is shown by `fingerspell train --help`."""
 
     # Frames and targets
@@ -108,11 +168,7 @@ class Config:
         return self.key_dim or self.num_hid // self.num_heads
 
     def validate(self) -> "Config":
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
-            if not isinstance(value, expected) or (f.type in ("int", "float") and isinstance(value, bool)):
-                raise ConfigError(f"{f.name}={value!r}: expected a {f.type}")
+        self.check_types()
         choices = {
             "val_split": ("participant", "file"),
             "lr_schedule": ("cosine", "constant"),
@@ -151,47 +207,6 @@ class Config:
     def augmentations(self) -> list[str]:
         """Names of the augmentations switched on."""
         return [n for n in ("aug_speed", "aug_affine", "aug_frame_drop", "aug_point_dropout") if getattr(self, n)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: Path) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values).validate()
-
-    @classmethod
-    def load(cls, path: Path) -> "Config":
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a JSON object of config keys")
-        return cls.from_dict(values, source=str(path))
-
-    def override(self, assignments: list[str]) -> "Config":
-        """A copy with `key=value` strings applied, each parsed as its field's type."""
-        types = {f.name: f.type for f in fields(self)}
-        values = self.to_dict()
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep:
-                raise ConfigError(f"override {item!r}: expected key=value")
-            if key not in types:
-                raise ConfigError(f"override {item!r}: unknown config key {key!r}; known keys: {sorted(types)}")
-            values[key] = _parse_value(key, raw.strip(), types[key])
-        return Config.from_dict(values, source="overrides")
 
 
 def _parse_value(key: str, raw: str, kind: Any) -> Any:
