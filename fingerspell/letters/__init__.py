@@ -1,0 +1,1 @@
+"""Static signs (letters, digits, handshapes) from MediaPipe hand landmarks: items, features, model, CLI."""
