@@ -204,12 +204,13 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
 
 
-def config_help(width: int | None = None) -> str:
-    """Every Config key with its default and meaning, from the dataclass itself."""
+def config_help(width: int | None = None, settings: type | None = None) -> str:
+    """Every key of a config dataclass (the training `Config` by default) with its default and meaning."""
     from fingerspell.config import Config
 
     width = width or min(shutil.get_terminal_size().columns - 2, 120)
-    items = [(f"{f.name}={_shown(f.default)}", f.metadata.get("help", "")) for f in dataclasses.fields(Config)]
+    items = [(f"{f.name}={_shown(f.default)}", f.metadata.get("help", ""))
+             for f in dataclasses.fields(settings or Config)]
     column = max(len(key) for key, _ in items) + 4
     lines = ["config keys (key=default), to override as key=value or in a --config JSON file;",
              "the resolved config is saved as RUN_DIR/config.json:"]
@@ -528,6 +529,65 @@ def run_demo(args: argparse.Namespace) -> int:
 
 # --- the command table and the entry points -----------------------------------------------------
 
+# --- letters -------------------------------------------------------------------------------------
+
+def add_letters(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="letters_action", metavar="ACTION", required=True)
+    train = actions.add_parser("train", help="class folders -> RUN_DIR with letters.tflite and labels.json",
+                               epilog=_letters_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("data_dir", type=Path, metavar="DATA_DIR",
+                       help="one folder per class (its name is the label) holding images, videos, folders of "
+                            "frames, .pose or .npy files (63 values: 21 points x, y, z)")
+    train.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder (must not hold a model)")
+    train.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="extracted landmarks (default RUN_DIR/landmarks-cache); reuse it across runs")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
+    evaluate = actions.add_parser("evaluate", help="accuracy per item and per class, confusion matrix PNG")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="class folders, as for train")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="write the full report here")
+    evaluate.add_argument("--confusion", type=Path, metavar="PNG", help="default RUN_DIR/confusion.png")
+    evaluate.add_argument("--cache-dir", type=Path, metavar="DIR", help="default RUN_DIR/landmarks-cache")
+    predict = actions.add_parser("predict", help="top-3 labels for images, videos, folders of frames, .pose, .npy")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    predict.add_argument("--per-frame", action="store_true", help="also the top labels of every frame of a clip")
+    predict.add_argument("--render", type=Path, metavar="DIR", help="draw the hand and the label on each image here")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of one line per input")
+    for action in (train, evaluate, predict):
+        action.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _letters_config_help() -> str:
+    from fingerspell.letters.config import LettersConfig
+
+    return config_help(settings=LettersConfig) + "\n\n" + EXIT_STATUS
+
+
+def run_letters(args: argparse.Namespace) -> int:
+    require("letters", "tensorflow", "keras")
+    from fingerspell.config import ConfigError
+    from fingerspell.letters import inference, items, training
+
+    try:
+        if args.letters_action == "train":
+            cfg = training.LettersConfig().override(args.overrides)
+            print(json.dumps(training.train(args.data_dir, args.out, cfg, args.cache_dir, progress=True), indent=2))
+        elif args.letters_action == "evaluate":
+            report = inference.evaluate(args.run_dir, args.data_dir, args.json, args.confusion, args.cache_dir,
+                                        progress=True)
+            shown = {k: report[k] for k in ("accuracy", "samples", "accuracy_with_hand", "no_hand", "confusion_png")}
+            print(json.dumps(shown, indent=2))
+        else:
+            predictions = inference.predict(args.run_dir, args.inputs, args.per_frame, args.render)
+            print(inference.predictions_json(predictions) if args.json
+                  else "\n".join(inference.prediction_lines(predictions)))
+            return 1 if any(p.problem for p in predictions) else 0
+    except (ConfigError, training.LettersError, items.LettersDataError) as err:
+        return error(err)
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -555,6 +615,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("synth", "write a synthetic ASL fingerspelling dataset in Kaggle's layout", add_synth, run_synth),
     Command("demo", "the whole pipeline on synthetic data: generate, preprocess, train, export, evaluate",
             add_demo, run_demo),
+    Command("letters", "static letters from hand landmarks: `letters train|evaluate|predict`", add_letters,
+            run_letters),
 )}
 
 
@@ -608,13 +670,26 @@ def _execute(args: argparse.Namespace) -> int:
         return error("interrupted", status=130)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides also follow options (`train DATA --out RUN epochs=4`):
+    argparse alone fills a trailing positional list only from the run of words before the first option."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+    if overrides and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += overrides
+        extra = [word for word in extra if word not in overrides]
+    if extra:
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "fingerspell") -> int:
     """`fingerspell COMMAND ...` (the console script and `python -m fingerspell`)."""
     prepare_environment()
-    return _execute(build_parser(prog).parse_args(argv))
+    return _execute(parse(build_parser(prog), argv))
 
 
 def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """`fingerspell NAME ...` under another program name: the checkout's `python -m preprocess|train|export`."""
     prepare_environment()
-    return _execute(command_parser(name, prog).parse_args(argv))
+    return _execute(parse(command_parser(name, prog), argv))

@@ -14,7 +14,8 @@ from fingerspell import cli
 from fingerspell.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["preprocess", "train", "export", "evaluate", "predict", "extract", "transcribe", "render", "synth", "demo"]
+COMMANDS = ["preprocess", "train", "export", "evaluate", "predict", "extract", "transcribe", "render", "synth", "demo",
+            "letters"]
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -1,0 +1,280 @@
+"""`fingerspell letters train`: class folders of hand landmarks -> a small classifier in TFLite.
+
+A run directory holds `config.json` (the resolved `LettersConfig`), `labels.json` (class names
+in output order), `letters.tflite` (windows + handedness -> class probabilities, the feature
+function inside), `letters.weights.h5`, `split.json` (the held-out blocks), `summary.json`
+(accuracies, counts, items without a hand) and, unless `--cache-dir` says otherwise,
+`landmarks-cache/` (extracted landmarks, so a second run does not run MediaPipe again).
+
+Validation holds out one contiguous block of frames per class (with a gap on each side left
+out of training): neighbouring webcam frames are nearly identical, so a random split of
+frames would score ~100% and mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fingerspell.files import atomic_path, atomic_write, atomic_write_json
+from fingerspell.letters import augment, features, items
+from fingerspell.letters.config import LettersConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "letters.tflite"
+LABELS_NAME = "labels.json"
+WEIGHTS_NAME = "letters.weights.h5"
+CACHE_NAME = "landmarks-cache"
+#: Consecutive single-frame items (webcam frames) belong to one recording unless the wrist jumps this far,
+#: in palm sizes, between them: then the motion between them is not a sign's.
+SERIES_BREAK_PALMS = 1.0
+
+
+class LettersError(RuntimeError):
+    """A letters run that cannot start or be used; the message says why."""
+
+
+# --- frames, recordings and the split ----------------------------------------------------------
+
+@dataclass
+class Series:
+    """Consecutive frames of one class: a clip, or a run of single-frame items (webcam frames)."""
+
+    label: str
+    frames: np.ndarray  # [T, 21, 3]
+    handedness: np.ndarray  # [T]
+
+
+def _palm(frame: np.ndarray) -> float:
+    return float(np.linalg.norm(frame[list(features.KNUCKLES), :2] - frame[features.WRIST, :2], axis=-1).mean())
+
+
+def build_series(found: list[items.Item]) -> list[Series]:
+    """Clips as they are; single frames of a class joined in name order while the hand stays near."""
+    series: list[Series] = []
+    open_run: list[tuple[np.ndarray, float]] = []
+    run_label = None
+
+    def close():
+        if open_run:
+            series.append(Series(run_label, np.stack([f for f, _ in open_run]),
+                                 np.array([h for _, h in open_run], np.float32)))
+            open_run.clear()
+
+    for item in found:
+        if not len(item.landmarks):
+            continue
+        if len(item.landmarks) > 1 or item.kind in ("video", "frames", "pose"):
+            close()
+            series.append(Series(item.label, item.landmarks.astype(np.float32), item.handedness.astype(np.float32)))
+            continue
+        frame = item.landmarks[0].astype(np.float32)
+        if open_run and (item.label != run_label or np.linalg.norm(frame[0, :2] - open_run[-1][0][0, :2])
+                         > SERIES_BREAK_PALMS * max(_palm(frame), 1e-4)):
+            close()
+        run_label = item.label
+        open_run.append((frame, float(item.handedness[0])))
+    close()
+    return series
+
+
+@dataclass
+class Frames:
+    """Every frame of the dataset as a window, with its class and where it may be used."""
+
+    windows: np.ndarray  # [N, WINDOW, 21, 3]
+    handedness: np.ndarray  # [N]
+    labels: np.ndarray  # [N] class index
+    validation: np.ndarray  # [N] bool: in a held-out block
+    training: np.ndarray  # [N] bool: outside the blocks and their gaps
+
+
+def split_frames(series: list[Series], labels: list[str], cfg: LettersConfig) -> tuple[Frames, dict]:
+    """Windows of all frames, and one held-out contiguous block per class at a seeded position."""
+    rng = np.random.default_rng(cfg.seed)
+    windows = np.concatenate([features.clip_windows(s.frames) for s in series])
+    handedness = np.concatenate([s.handedness for s in series])
+    class_of = np.concatenate([np.full(len(s.frames), labels.index(s.label)) for s in series])
+    validation = np.zeros(len(class_of), bool)
+    training = np.ones(len(class_of), bool)
+    blocks = {}
+    for c, label in enumerate(labels):
+        where = np.flatnonzero(class_of == c)  # this class's frames, in recording order
+        size = max(1, int(round(cfg.val_fraction * len(where))))
+        if len(where) - size - 2 * cfg.val_gap < 1:
+            raise LettersError(f"class {label!r} has {len(where)} frames with a hand: too few to hold out "
+                               f"a block of {size} with gaps of {cfg.val_gap} and still train (add items, or "
+                               f"lower val_fraction / val_gap)")
+        start = int(rng.integers(0, len(where) - size + 1))
+        validation[where[start:start + size]] = True
+        training[where[max(0, start - cfg.val_gap):start + size + cfg.val_gap]] = False
+        blocks[label] = {"frames": int(len(where)), "held_out": [start, start + size]}
+    return Frames(windows, handedness, class_of, validation, training), blocks
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def build_model(n_classes: int, cfg: LettersConfig):
+    """Windows [N, W, 21, 3] + handedness [N] -> class probabilities; the feature function is its first layer."""
+    import keras
+    import tensorflow as tf
+
+    class HandFeatures(keras.layers.Layer):
+        def call(self, window, handedness):
+            return features.window_features(window, handedness)
+
+    window = keras.Input((features.WINDOW, features.HAND_POINTS, 3), name="landmarks")
+    handedness = keras.Input((), name="handedness")
+    x = HandFeatures(name="features")(window, handedness)
+    x = keras.layers.Normalization(name="normalize")(x)
+    for width in (cfg.hidden, cfg.hidden // 2):
+        x = keras.layers.Dense(width, activation="gelu")(x)
+        x = keras.layers.Dropout(cfg.dropout)(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    del tf
+    return keras.Model({"landmarks": window, "handedness": handedness}, outputs, name="letters")
+
+
+def _epoch_windows(frames: Frames, rng: np.random.Generator, cfg: LettersConfig) -> tuple[np.ndarray, np.ndarray]:
+    """This epoch's training windows: a share made still (one frame repeated), all augmented."""
+    index = np.flatnonzero(frames.training)
+    windows = frames.windows[index]
+    still = rng.random(len(index)) < cfg.still_share
+    windows[still] = features.still_windows(windows[still, -1])
+    windows = augment.augment(windows, rng, cfg.aug_roll, cfg.aug_yaw, cfg.aug_pitch, cfg.aug_aspect,
+                              cfg.aug_finger_scale, cfg.aug_jitter)
+    return windows, index
+
+
+def _accuracy(model, windows: np.ndarray, handedness: np.ndarray, labels: np.ndarray) -> float:
+    if not len(labels):
+        return float("nan")
+    probabilities = model.predict({"landmarks": windows, "handedness": handedness}, batch_size=1024, verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def fit(frames: Frames, n_classes: int, cfg: LettersConfig):
+    """Train; keep the weights of the epoch with the best held-out accuracy (clips and stills averaged)."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_model(n_classes, cfg)
+    first, index = _epoch_windows(frames, rng, cfg)
+    model.get_layer("normalize").adapt(features.window_features(first, frames.handedness[index]))
+    steps = cfg.epochs * int(np.ceil(len(index) / cfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
+    model.compile(keras.optimizers.Adam(schedule),
+                  keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
+    held = np.flatnonzero(frames.validation)
+    clips, stills = frames.windows[held], features.still_windows(frames.windows[held, -1])
+    best, best_weights, history = -1.0, None, []
+    for epoch in range(cfg.epochs):
+        windows, index = (first, index) if epoch == 0 else _epoch_windows(frames, rng, cfg)
+        order = rng.permutation(len(index))
+        targets = keras.utils.to_categorical(frames.labels[index[order]], n_classes)
+        model.fit({"landmarks": windows[order], "handedness": frames.handedness[index[order]]}, targets,
+                  batch_size=cfg.batch_size, epochs=1, verbose=0)
+        scores = {"clip": _accuracy(model, clips, frames.handedness[held], frames.labels[held]),
+                  "still": _accuracy(model, stills, frames.handedness[held], frames.labels[held])}
+        score = (scores["clip"] + scores["still"]) / 2
+        history.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in scores.items()}})
+        if score > best:
+            best, best_weights = score, [w.copy() for w in model.get_weights()]
+        logger.info("epoch %d: held-out accuracy %.4f on windows, %.4f on still frames", epoch + 1,
+                    scores["clip"], scores["still"])
+    model.set_weights(best_weights)
+    return model, history
+
+
+# --- export -----------------------------------------------------------------------------------
+
+def to_tflite(model) -> bytes:
+    """The Keras model as TFLite (builtin ops), inputs `landmarks` [N, W, 21, 3] and `handedness` [N]."""
+    import tensorflow as tf
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = [v.value for v in model.weights]  # Keras 3 variables are not tracked otherwise
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, features.WINDOW, features.HAND_POINTS, 3], tf.float32, name="landmarks"),
+            tf.TensorSpec([None], tf.float32, name="handedness")])
+        def serve(self, landmarks, handedness):
+            return {"probabilities": model({"landmarks": landmarks, "handedness": handedness}, training=False)}
+
+    module = Serving()
+    with tempfile.TemporaryDirectory() as saved:
+        tf.saved_model.save(module, saved, signatures={"serving_default": module.serve.get_concrete_function()})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def train(data_dir: Path, run_dir: Path, cfg: LettersConfig, cache_dir: Path | None = None,
+          progress: bool = False) -> dict:
+    """Read the class folders, train, export; returns the summary (also RUN_DIR/summary.json)."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if (run_dir / MODEL_NAME).exists():
+        raise LettersError(f"{run_dir} already holds a letters model; choose another --out")
+    folders = items.class_folders(data_dir)
+    labels = sorted(folders)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    cache = items.LandmarkCache(cache_dir or run_dir / CACHE_NAME)
+    found = items.read_items(folders, cache, progress=progress)
+    report = item_report(found, labels)
+    if empty := [label for label in labels if not report["frames"][label]]:
+        raise LettersError(f"no hand was found in any item of class(es) {empty} under {data_dir}: "
+                           f"nothing to learn them from (see the problems listed above)")
+    frames, blocks = split_frames(build_series(found), labels, cfg)
+    logger.info("%d classes, %d frames with a hand: %d for training, %d held out", len(labels),
+                len(frames.labels), int(frames.training.sum()), int(frames.validation.sum()))
+    model, history = fit(frames, len(labels), cfg)
+    atomic_write_json(run_dir / "split.json", blocks)
+    atomic_write_json(run_dir / LABELS_NAME, labels)
+    with atomic_path(run_dir / WEIGHTS_NAME, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    atomic_write(run_dir / MODEL_NAME, to_tflite(model))
+    best = max(history, key=lambda h: (h["clip"] + h["still"]) / 2)
+    summary = {"run_dir": str(run_dir), "classes": len(labels), "items": report["items"],
+               "frames": int(len(frames.labels)), "train_frames": int(frames.training.sum()),
+               "held_out_frames": int(frames.validation.sum()), "best_epoch": best["epoch"],
+               "held_out_accuracy": {"windows": best["clip"], "still": best["still"]},
+               "no_hand": report["no_hand"], "problems": report["problems"],
+               "model_bytes": (run_dir / MODEL_NAME).stat().st_size, "history": history}
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def item_report(found: list[items.Item], labels: list[str]) -> dict:
+    """Items, frames with a hand, and items without one, per class; every problem by file."""
+    report = {"items": {label: 0 for label in labels}, "frames": {label: 0 for label in labels},
+              "no_hand": {label: 0 for label in labels}, "problems": []}
+    for item in found:
+        report["items"][item.label] += 1
+        report["frames"][item.label] += len(item.landmarks)
+        if not len(item.landmarks):
+            report["no_hand"][item.label] += 1
+            report["problems"].append({"path": str(item.path), "problem": item.problem or "no hand found"})
+    if report["problems"]:
+        logger.warning("%d item(s) gave no hand landmarks: %s", len(report["problems"]),
+                       "; ".join(f"{p['path']}: {p['problem']}" for p in report["problems"][:10]))
+    return report
+
+
+def load_labels(run_dir: Path) -> list[str]:
+    path = Path(run_dir) / LABELS_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LettersError(f"{path}: not found (is {run_dir} a folder written by `fingerspell letters train`?)") \
+            from None
