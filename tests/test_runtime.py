@@ -145,7 +145,9 @@ def test_a_checkpoint_whose_optimizer_cannot_be_restored_is_refused(preprocessed
     run = tmp_path / "run"
     train(preprocessed_small, run, tiny_config("epochs=1"))
     (run / "checkpoints" / RESUME_NAME).unlink()
+    run_info = (run / "run.json").read_text()
     with pytest.raises(TrainingError, match="optimizer state was not restored .* mixed_precision setting"):
         resume(preprocessed_small, run, {"epochs": 2, "mixed_precision": "on"})
-    assert Config.load(run / "config.json").mixed_precision == "auto"  # a refused resume changes nothing
+    # A refused resume changes nothing.
+    assert Config.load(run / "config.json").mixed_precision == "auto" and (run / "run.json").read_text() == run_info
     assert resume(preprocessed_small, run, {"epochs": 2})["epochs"] == 2  # under its own precision it does

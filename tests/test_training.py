@@ -82,6 +82,10 @@ def test_validation_reads_its_own_copy_never_the_shards(preprocessed_small, tmp_
     shutil.rmtree(data_dir)  # validation no longer needs the shards
     assert sorted(int(r["sequence_id"]) for r in data.valid.as_numpy_iterator()) == expected
     assert len(expected) == data.n_valid > 0
+    # Another split made in the same folder copies its own held-out records, never reusing the old copy.
+    by_file = pipeline.split_datasets(preprocessed_small, tiny_config("val_split=file"), tmp_path / "run_dir_files")
+    held = {int(r["file_id"]) for r in by_file.valid.as_numpy_iterator()}
+    assert held == set(by_file.split["validation"]) and sum(1 for _ in by_file.valid) == by_file.n_valid
 
 
 def test_cache_auto_streams_what_does_not_fit_the_memory(preprocessed_small, tmp_path, monkeypatch):
@@ -190,7 +194,7 @@ def test_run_directory_and_exact_resume(preprocessed_small, tmp_path):
     assert [int(r["epoch"]) for r in read_metrics(run)] == [1, 2, 3, 4]
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
     assert rates[3] < rates[1]
-    # A resumed run keeps its config: only more epochs or more time may be asked for.
+    # A resumed run keeps its model and data config: only operational keys (epochs, devices, ...) may change.
     with pytest.raises(TrainingError, match="only .*epochs.* may change, not \\['num_hid'\\]"):
         resume(preprocessed_small, run, {"num_hid": 128})
     assert resume(preprocessed_small, run, {"epochs": 5})["epochs"] == 5

@@ -146,8 +146,10 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
         split = json.loads(path.read_text())
         if split.get("shards") != names:
             raise ValueError(f"the preprocessed shards differ from those the run in {run_dir} started with "
-                             f"(see {path}); resume with the same --data")
+                             f"(see {path}); resume with the same --data-dir")
         return split
+    if run_dir:  # a copy of another split's held-out records must never be read as this one's
+        (Path(run_dir) / VALIDATION_RECORDS).unlink(missing_ok=True)
     if inventory is None:
         inventory = scan_inventory(shards, split_key(cfg))
     inventory.check_phrases_fit(cfg.max_target_len - 2)
@@ -316,8 +318,9 @@ def validation_records(shards: list[Path], split: dict, n_valid: int, run_dir: P
         written = write_validation_records(shards, split["key"], split["validation"], path)
         if written != n_valid:
             path.unlink()
-            raise ValueError(f"found {written} held-out records in the shards, but the split expects {n_valid}: "
-                             f"the manifest does not describe these shards; re-run `fingerspell preprocess`")
+            raise ValueError(f"found {written} held-out records in the shards, but {Path(run_dir) / 'split.json'} "
+                             f"expects {n_valid}: the shards changed since the split was made, or the manifest "
+                             f"does not describe them (re-run `fingerspell preprocess`)")
     return records.load_dataset([path])
 
 

@@ -44,7 +44,7 @@ MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 SPLITS: tuple[str, ...] = tuple(SPLIT_FILES)
 
-# Feature keys. Readers elsewhere (e.g. pipeline.scan_records) use these names too.
+# Feature keys. Readers elsewhere (e.g. pipeline.scan_inventory) use these names too.
 LANDMARKS = "landmarks"
 N_FRAMES = "n_frames"
 N_COLUMNS = "n_columns"

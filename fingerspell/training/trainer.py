@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +64,14 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.start_step = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         self.start_epoch = tf.Variable(0.0, trainable=False, dtype=tf.float32)
 
-    def continue_from(self, step: int, epoch: int) -> None:
+    def continue_from(self, step: int, epoch: float) -> None:
         self.start_step.assign(float(step))
         self.start_epoch.assign(float(epoch))
+
+    def epoch_at(self, step: int) -> float:
+        """Where on the curve `step` is, in (fractional) epochs: saved so a resume continues there exactly,
+        also after an epoch that a time budget cut short."""
+        return float(self.start_epoch.numpy() + (step - self.start_step.numpy()) / self.steps_per_epoch)
 
     def __call__(self, step):
         epoch = self.start_epoch + (tf.cast(step, tf.float32) - self.start_step) / self.steps_per_epoch
@@ -149,8 +155,12 @@ def read_state(run_dir: Path) -> dict:
     """The epoch, best score, optimizer step and timing of the `last` checkpoint."""
     resume_path = run_dir / CHECKPOINTS / RESUME_NAME
     if resume_path.exists():
-        with np.load(resume_path) as saved:
-            return json.loads(str(saved["state"]))
+        try:
+            with np.load(resume_path) as saved:
+                return json.loads(str(saved["state"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise TrainingError(f"{resume_path}: not a readable checkpoint ({type(err).__name__}: {err}); the "
+                                f"weights of the last epoch are also in last.weights.h5") from None
     state_path = run_dir / CHECKPOINTS / "state.json"  # a run saved before resume.npz existed
     if not state_path.exists():
         raise TrainingError(f"{run_dir}: nothing to resume (no {CHECKPOINTS}/{RESUME_NAME})")
@@ -274,6 +284,9 @@ class RunKeeper(keras.callbacks.Callback):
         self.epochs_this_session += 1
         self.fit_schedule_to_budget(epoch + 1)
         self.state.update(epoch=epoch + 1, train_seconds=round(self.timer.total, 2))
+        if self.schedule is not None:
+            step = int(base_optimizer(self.model.optimizer).iterations.numpy())
+            self.state["schedule_epoch"] = round(self.schedule.epoch_at(step), 6)
         save_last(self.model, self.run_dir, self.state)
         append_metrics(self.run_dir, row)
         logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items()
@@ -357,8 +370,8 @@ def plot_curves(run_dir: Path) -> Path:
 
 # Operational keys: how long, where and how fast to train, and how often to look; not what is trained.
 RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile", "mixed_precision", "cache",
-                     "cache_memory_gb", "steps_per_execution", "batch_size", "eval_every", "eval_batch_size",
-                     "eval_max_sequences", "show_examples_every")
+                     "cache_memory_gb", "steps_per_execution", "batch_size", "trim_padding", "eval_every",
+                     "eval_batch_size", "eval_max_sequences", "show_examples_every")
 
 
 def new_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -468,10 +481,6 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     if cfg.batch_size % runtime.replicas:
         raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
                             f"use a multiple of {runtime.replicas}")
-    write_run_info(run_dir, runtime, data_dir, start_epoch, resume,
-                   data={"cache": "memory" if data.cached else "stream",
-                         "train_records_gb": round(data.train_bytes / 1e9, 3), "steps_per_epoch": steps,
-                         "steps_per_execution": per_execution})
     train_batches = pipeline.training_batches(data.train, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
                                               shuffle_buffer=min(n_train, 16384) if data.cached else 4096)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
@@ -491,10 +500,18 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         if resume:
             restore_last(model, run_dir)
             cfg.save(run_dir / "config.json")  # the changes take effect only once the checkpoint restored
+    # Recorded once the run can go on: a refused resume leaves run.json (and config.json) as they were.
+    write_run_info(run_dir, runtime, data_dir, start_epoch, resume,
+                   data={"cache": "memory" if data.cached else "stream",
+                         "train_records_gb": round(data.train_bytes / 1e9, 3), "steps_per_epoch": steps,
+                         "steps_per_execution": per_execution})
     if schedule is not None:
-        schedule.continue_from(int(base_optimizer(model.optimizer).iterations.numpy()), start_epoch)
+        schedule.continue_from(int(base_optimizer(model.optimizer).iterations.numpy()),
+                               state.get("schedule_epoch", start_epoch))
         if "budget_total_epochs" in state:
             schedule.total_epochs.assign(state["budget_total_epochs"])
+        elif "budget_total_steps" in state:  # a run saved before the schedule ran in epochs
+            schedule.total_epochs.assign(state["budget_total_steps"] / steps)
     if start_epoch >= cfg.epochs:
         logger.info("%s: already trained for %d epochs (epochs=%d); nothing to do", run_dir, start_epoch, cfg.epochs)
         return summarize(run_dir, state, model, n_train, n_valid)
@@ -513,7 +530,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         good = state.get("epoch", start_epoch)
         raise TrainingError(
             f"loss became NaN in epoch {keeper.nan_epoch}: training stopped; the last good "
-            f"checkpoint is {run_dir / CHECKPOINTS / 'last.weights.h5'} (epoch {good}). Try a lower learning_rate.")
+            f"checkpoint is {run_dir / CHECKPOINTS / RESUME_NAME} (epoch {good}). Try a lower learning_rate.")
     return summarize(run_dir, state, model, n_train, n_valid)
 
 
