@@ -199,17 +199,42 @@ def test_predict_gives_top_three_for_each_input_kind_and_names_bad_ones(letters_
 
 
 @pytest.mark.video
-def test_a_class_without_any_hand_is_refused_by_name(tmp_path, capsys):
-    import cv2
-
+def test_a_class_of_unreadable_items_or_an_empty_one_is_refused_by_name(tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(LETTERS / "landmarks" / "A", data / "A")
-    (data / "nothing").mkdir()
-    cv2.imwrite(str(data / "nothing" / "black.png"), np.zeros((240, 320, 3), np.uint8))
+    (data / "broken").mkdir()
+    (data / "broken" / "photo.jpg").write_bytes(b"not an image")
     assert cli.main(["letters", "train", str(data), "--out", str(tmp_path / "run"), "epochs=1"]) == 2
     err = capsys.readouterr().err
-    assert "no hand was found in any item of class(es) ['nothing']" in err and "black.png" in err
+    assert "no item of class(es) ['broken']" in err and "photo.jpg" in err
     assert not (tmp_path / "run" / "letters.tflite").exists()
-    (data / "empty").mkdir()
+    (data / "broken" / "photo.jpg").unlink()
     assert cli.main(["letters", "train", str(data), "--out", str(tmp_path / "run2")]) == 2
-    assert "empty" in capsys.readouterr().err
+    assert "broken" in capsys.readouterr().err  # an empty class folder
+
+
+@pytest.mark.video
+@pytest.mark.slow
+def test_a_nothing_class_is_learned_only_when_the_data_has_one(letters_run, tmp_path, capsys):
+    import cv2
+
+    data = class_tree(tmp_path / "data", with_images=False)
+    (data / "nothing").mkdir()
+    for i in range(3):  # empty scenes: no hand in any of them
+        cv2.imwrite(str(data / "nothing" / f"room{i}.png"), np.full((240, 320, 3), 40 * i, np.uint8))
+    run = tmp_path / "run"
+    assert cli.main(["letters", "train", str(data), "--out", str(run), "epochs=2", "hidden=32", "val_gap=4"]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "no_hand.json").read_text()) == {"label": "nothing"}
+    assert json.loads((run / "labels.json").read_text()) == ["A", "B", "O"]  # the classifier's own classes
+    empty_scene = data / "nothing" / "room1.png"
+    assert cli.main(["letters", "predict", str(run), str(empty_scene)]) == 0
+    assert capsys.readouterr().out.strip() == f"{empty_scene}\tnothing (1.00)"
+    report = tmp_path / "report.json"
+    assert cli.main(["letters", "evaluate", str(run), str(data), "--json", str(report)]) == 0
+    nothing = json.loads(report.read_text())["per_class"]["nothing"]
+    assert nothing == {"items": 3, "correct": 3, "accuracy": 1.0, "no_hand": 3}
+    # A model trained without one reports the same scene as a problem, not as a class.
+    assert json.loads((letters_run / "no_hand.json").read_text()) == {"label": None}
+    assert cli.main(["letters", "predict", str(letters_run), str(empty_scene)]) == 1
+    assert "(no hand found)" in capsys.readouterr().out

@@ -15,7 +15,8 @@ import numpy as np
 
 from fingerspell.files import atomic_path, atomic_write_json
 from fingerspell.letters import features, items
-from fingerspell.letters.training import CACHE_NAME, MODEL_NAME, LettersError, item_report, load_labels
+from fingerspell.letters.training import (CACHE_NAME, MODEL_NAME, LettersError, item_report, load_labels,
+                                          load_no_hand_label)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class LettersModel:
 
         self.run_dir = Path(run_dir)
         self.labels = load_labels(self.run_dir)
+        self.no_hand_label = load_no_hand_label(self.run_dir)  # the answer where no hand is found, if learned
         path = self.run_dir / MODEL_NAME
         if not path.exists():
             raise LettersError(f"{path}: not found (did `fingerspell letters train` finish?)")
@@ -62,30 +64,36 @@ def evaluate(run_dir: Path, data_dir: Path, json_path: Path | None = None, confu
              cache_dir: Path | None = None, progress: bool = False) -> dict:
     """Accuracy per item (clips averaged), per class, and the confusion matrix (a PNG).
 
-    Items where no hand was found count as wrong in `accuracy` (a user's image that yields no
-    answer is a miss) and are also reported apart, with `accuracy_with_hand` over the rest.
+    Items where no hand was found are answered with the model's "nothing" class if it learned one;
+    otherwise they count as wrong in `accuracy` (a user's image that yields no answer is a miss).
+    Either way they are reported apart, with `accuracy_with_hand` over the items with a hand.
     """
     model = LettersModel(run_dir)
+    labels = model.labels + ([model.no_hand_label] if model.no_hand_label else [])
     folders = items.class_folders(Path(data_dir))
-    if unknown := sorted(set(folders) - set(model.labels)):
+    if unknown := sorted(set(folders) - set(labels)):
         raise LettersError(f"{data_dir}: class folder(s) {unknown} are not classes of the model in {run_dir} "
-                           f"(its classes: {model.labels})")
+                           f"(its classes: {labels})")
     cache = items.LandmarkCache(Path(cache_dir) if cache_dir else Path(run_dir) / CACHE_NAME)
     found = items.read_items(folders, cache, progress=progress)
-    labels = model.labels
     confusion = np.zeros((len(labels), len(labels)), np.int64)
     results = []
     for item in found:
         truth = labels.index(item.label)
         if not len(item.landmarks):
+            if model.no_hand_label and items.found_no_hand(item):
+                confusion[truth, labels.index(model.no_hand_label)] += 1
+                results.append({"path": str(item.path), "label": item.label, "predicted": model.no_hand_label,
+                                "correct": item.label == model.no_hand_label, "problem": item.problem})
+                continue
             results.append({"path": str(item.path), "label": item.label, "predicted": None, "correct": False,
-                            "problem": item.problem or "no hand found"})
+                            "problem": item.problem or items.NO_HAND})
             continue
         mean = model.frame_probabilities(item).mean(axis=0)
         guess = int(np.argmax(mean))
         confusion[truth, guess] += 1
-        results.append({"path": str(item.path), "label": item.label, "predicted": labels[guess],
-                        "correct": guess == truth, "top": top_labels(mean, labels)})
+        results.append({"path": str(item.path), "label": item.label, "predicted": model.labels[guess],
+                        "correct": guess == truth, "top": top_labels(mean, model.labels)})
     report = summarize(results, confusion, labels, item_report(found, sorted(folders)))
     report.update(run_dir=str(run_dir), data_dir=str(data_dir))
     confusion_path = Path(confusion_path) if confusion_path else Path(run_dir) / "confusion.png"
@@ -98,7 +106,7 @@ def evaluate(run_dir: Path, data_dir: Path, json_path: Path | None = None, confu
 
 
 def summarize(results: list[dict], confusion: np.ndarray, labels: list[str], counts: dict) -> dict:
-    with_hand = [r for r in results if r["predicted"] is not None]
+    with_hand = [r for r in results if "top" in r]
     per_class = {}
     for label in sorted({r["label"] for r in results}):
         mine = [r for r in results if r["label"] == label]
@@ -152,8 +160,12 @@ def predict(run_dir: Path, inputs: list[Path], per_frame: bool = False, render_d
     found = items.read_items({None: [Path(p) for p in inputs]}, cache)
     predictions = []
     for item in found:
+        if not len(item.landmarks) and model.no_hand_label and items.found_no_hand(item):
+            predictions.append(Prediction(str(item.path), item.kind, [{"label": model.no_hand_label,
+                                                                        "probability": 1.0}]))
+            continue
         if not len(item.landmarks):
-            predictions.append(Prediction(str(item.path), item.kind, [], problem=item.problem or "no hand found"))
+            predictions.append(Prediction(str(item.path), item.kind, [], problem=item.problem or items.NO_HAND))
             continue
         frames = model.frame_probabilities(item)
         prediction = Prediction(str(item.path), item.kind, top_labels(frames.mean(axis=0), model.labels),

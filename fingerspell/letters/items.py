@@ -61,6 +61,15 @@ _HANDEDNESS = {"Left": 1.0, "Right": -1.0}
 _ITEMS_WANTED = "images, videos, folders of frames, .pose or .npy files"
 
 
+#: The problem of a readable item in which MediaPipe found no hand (a clip's adds "in any of its N frames").
+NO_HAND = "no hand found"
+
+
+def found_no_hand(item: "Item") -> bool:
+    """Readable, but without a hand: what a "nothing" class is made of (not an unreadable file)."""
+    return bool(item.problem) and item.problem.startswith(NO_HAND)
+
+
 class LettersDataError(ValueError):
     """Input that stops the command (a missing data folder, an empty class folder); the message names it."""
 
@@ -246,7 +255,7 @@ def _read_image(path: Path, label: str | None, extractor: HandExtractor) -> Item
         return _failed(path, label, "image", "unreadable image (OpenCV cannot decode it)")
     found = extractor.image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     if found is None:
-        return _failed(path, label, "image", "no hand found", frames_total=1)
+        return _failed(path, label, "image", NO_HAND, frames_total=1)
     points, hand = found
     return Item(path, label, "image", points[None], np.array([hand], np.float32), 1)
 
@@ -257,7 +266,7 @@ def _clip_item(path: Path, label: str | None, kind: str, extractor: HandExtracto
     if read == 0:
         return _failed(path, label, kind, "no frame could be read")
     if len(landmarks) == 0:
-        return _failed(path, label, kind, f"no hand found in any of its {read} frames", frames_total=read)
+        return _failed(path, label, kind, f"{NO_HAND} in any of its {read} frames", frames_total=read)
     return Item(path, label, kind, landmarks, handedness, read)
 
 

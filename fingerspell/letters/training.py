@@ -2,7 +2,8 @@
 
 A run directory holds `config.json` (the resolved `LettersConfig`), `labels.json` (class names
 in output order), `letters.tflite` (windows + handedness -> class probabilities, the feature
-function inside), `letters.weights.h5`, `split.json` (the held-out blocks), `summary.json`
+function inside), `no_hand.json` (the class of items without a hand: a "nothing" class, if
+the data has one), `letters.weights.h5`, `split.json` (the held-out blocks), `summary.json`
 (accuracies, counts, items without a hand) and, unless `--cache-dir` says otherwise,
 `landmarks-cache/` (extracted landmarks, so a second run does not run MediaPipe again).
 
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "letters.tflite"
 LABELS_NAME = "labels.json"
+#: {"label": the class given to items where no hand is found, or null}: a "nothing" class is learned only if
+#: the data has one, i.e. a class where no hand is found in at least NO_HAND_SHARE of the items.
+NO_HAND_NAME = "no_hand.json"
+NO_HAND_SHARE = 0.5
 WEIGHTS_NAME = "letters.weights.h5"
 CACHE_NAME = "landmarks-cache"
 #: Consecutive single-frame items (webcam frames) belong to one recording unless the wrist jumps this far,
@@ -232,15 +237,22 @@ def train(data_dir: Path, run_dir: Path, cfg: LettersConfig, cache_dir: Path | N
     cache = items.LandmarkCache(cache_dir or run_dir / CACHE_NAME)
     found = items.read_items(folders, cache, progress=progress)
     report = item_report(found, labels)
+    no_hand_label = choose_no_hand_label(found, labels)
+    if no_hand_label:
+        logger.info("class %r: no hand in most of its items: it is the answer wherever no hand is found",
+                    no_hand_label)
+        labels = [label for label in labels if label != no_hand_label]
+        found = [item for item in found if item.label != no_hand_label]
     if empty := [label for label in labels if not report["frames"][label]]:
-        raise LettersError(f"no hand was found in any item of class(es) {empty} under {data_dir}: "
-                           f"nothing to learn them from (see the problems listed above)")
+        raise LettersError(f"no item of class(es) {empty} under {data_dir} gave hand landmarks: nothing to "
+                           f"learn them from (see the problems listed above)")
     frames, blocks = split_frames(build_series(found), labels, cfg)
     logger.info("%d classes, %d frames with a hand: %d for training, %d held out", len(labels),
                 len(frames.labels), int(frames.training.sum()), int(frames.validation.sum()))
     model, history = fit(frames, len(labels), cfg)
     atomic_write_json(run_dir / "split.json", blocks)
     atomic_write_json(run_dir / LABELS_NAME, labels)
+    atomic_write_json(run_dir / NO_HAND_NAME, {"label": no_hand_label})
     with atomic_path(run_dir / WEIGHTS_NAME, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     atomic_write(run_dir / MODEL_NAME, to_tflite(model))
@@ -249,10 +261,28 @@ def train(data_dir: Path, run_dir: Path, cfg: LettersConfig, cache_dir: Path | N
                "frames": int(len(frames.labels)), "train_frames": int(frames.training.sum()),
                "held_out_frames": int(frames.validation.sum()), "best_epoch": best["epoch"],
                "held_out_accuracy": {"windows": best["clip"], "still": best["still"]},
-               "no_hand": report["no_hand"], "problems": report["problems"],
+               "no_hand": report["no_hand"], "no_hand_label": no_hand_label, "problems": report["problems"],
                "model_bytes": (run_dir / MODEL_NAME).stat().st_size, "history": history}
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def choose_no_hand_label(found: list[items.Item], labels: list[str]) -> str | None:
+    """The class whose items mostly show no hand ("nothing"), if there is one; two such classes are refused."""
+    chosen = []
+    for label in labels:
+        mine = [item for item in found if item.label == label]
+        if mine and sum(items.found_no_hand(item) for item in mine) >= NO_HAND_SHARE * len(mine):
+            chosen.append(label)
+    if len(chosen) > 1:
+        raise LettersError(f"classes {chosen} all show no hand in most of their items: at most one class can "
+                           f"stand for 'no hand' (check the images, or remove one of them)")
+    return chosen[0] if chosen else None
+
+
+def load_no_hand_label(run_dir: Path) -> str | None:
+    path = Path(run_dir) / NO_HAND_NAME
+    return json.loads(path.read_text())["label"] if path.exists() else None
 
 
 def item_report(found: list[items.Item], labels: list[str]) -> dict:
