@@ -20,6 +20,8 @@ class LettersConfig(Settings):
     learning_rate: float = _option(2e-3, "peak learning rate (cosine decay to 0)")
     label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy")
     still_share: float = _option(0.5, "share of training windows made of one repeated frame, as an image gives")
+    still_motion: float = _option(0.3, "only windows whose fingertips move less than this, in palm sizes, are "
+                                       "made still (a J or Z mid-stroke is not a still sign)")
     aug_roll: float = _option(20.0, "largest rotation in the image plane, degrees")
     aug_yaw: float = _option(30.0, "largest rotation about the vertical axis, degrees")
     aug_pitch: float = _option(30.0, "largest rotation about the horizontal axis, degrees")

@@ -145,11 +145,23 @@ def build_model(n_classes: int, cfg: LettersConfig):
     return keras.Model({"landmarks": window, "handedness": handedness}, outputs, name="letters")
 
 
+def motion_palms(windows: np.ndarray) -> np.ndarray:
+    """[N]: the farthest a motion fingertip moves within each window, in palm sizes of its last frame."""
+    tips = windows[:, :, list(features.MOTION_TIPS), :2]
+    moved = np.linalg.norm(tips - tips[:, -1:], axis=-1).max(axis=(1, 2))
+    last = windows[:, -1]
+    palm = np.linalg.norm(last[:, list(features.KNUCKLES), :2] - last[:, features.WRIST:features.WRIST + 1, :2],
+                          axis=-1).mean(axis=1)
+    return moved / np.maximum(palm, 1e-4)
+
+
 def _epoch_windows(frames: Frames, rng: np.random.Generator, cfg: LettersConfig) -> tuple[np.ndarray, np.ndarray]:
     """This epoch's training windows: a share made still (one frame repeated), all augmented."""
     index = np.flatnonzero(frames.training)
     windows = frames.windows[index]
-    still = rng.random(len(index)) < cfg.still_share
+    # A frame caught mid-stroke (J, Z) is not a still sign: frozen, it would teach that a still hand of that
+    # shape is J or Z. Only windows that hardly move are also shown as stills.
+    still = (rng.random(len(index)) < cfg.still_share) & (motion_palms(windows) < cfg.still_motion)
     windows[still] = features.still_windows(windows[still, -1])
     windows = augment.augment(windows, rng, cfg.aug_roll, cfg.aug_yaw, cfg.aug_pitch, cfg.aug_aspect,
                               cfg.aug_finger_scale, cfg.aug_jitter)
