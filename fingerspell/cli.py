@@ -212,8 +212,8 @@ def config_help(width: int | None = None, settings: type | None = None) -> str:
     items = [(f"{f.name}={_shown(f.default)}", f.metadata.get("help", ""))
              for f in dataclasses.fields(settings or Config)]
     column = max(len(key) for key, _ in items) + 4
-    lines = ["config keys (key=default), to override as key=value or in a --config JSON file;",
-             "the resolved config is saved as RUN_DIR/config.json:"]
+    how = "key=value" if settings else "key=value or in a --config JSON file"
+    lines = [f"config keys (key=default), to override as {how};", "the resolved config is saved as RUN_DIR/config.json:"]
     for key, meaning in items:
         lines.append(textwrap.fill(meaning, max(width, column + 30), initial_indent=f"  {key}".ljust(column),
                                    subsequent_indent=" " * column))
@@ -554,8 +554,8 @@ def add_letters(p: argparse.ArgumentParser) -> None:
     predict.add_argument("--per-frame", action="store_true", help="also the top labels of every frame of a clip")
     predict.add_argument("--render", type=Path, metavar="DIR", help="draw the hand and the label on each image here")
     predict.add_argument("--json", action="store_true", help="print JSON instead of one line per input")
-    for action in (train, evaluate, predict):
-        action.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    for action in (train, evaluate, predict):  # SUPPRESS: `letters -v ACTION` keeps its -v
+        action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
 
 
 def _letters_config_help() -> str:
@@ -584,6 +584,8 @@ def run_letters(args: argparse.Namespace) -> int:
                   else "\n".join(inference.prediction_lines(predictions)))
             return 1 if any(p.problem for p in predictions) else 0
     except (ConfigError, training.LettersError, items.LettersDataError) as err:
+        return error(err)
+    except ImportError as err:  # MediaPipe or OpenCV, met at the first image or video
         return error(err)
     return 0
 

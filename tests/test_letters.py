@@ -192,10 +192,37 @@ def test_predict_gives_top_three_for_each_input_kind_and_names_bad_ones(letters_
         path, answer = line.split("\t")
         assert len(answer.split(") ")) == 3 and all(label in "ABO" for label in answer.split()[::2])
     assert lines[3].startswith(str(broken)) and "unreadable" in lines[3]
-    assert (tmp_path / "out" / "B.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "B.rendered.png").read_bytes()[:4] == b"\x89PNG"
+    # Rendering next to the inputs, with two inputs of one name, overwrites none of them.
+    photos = tmp_path / "photos"
+    for sub in ("one", "two"):
+        (photos / sub).mkdir(parents=True)
+        shutil.copy(LETTERS / "images" / "B.jpg", photos / sub / "B.jpg")
+    before = (photos / "one" / "B.jpg").read_bytes()
+    assert cli.main(["letters", "predict", str(letters_run), str(photos / "one" / "B.jpg"),
+                     str(photos / "two" / "B.jpg"), "--render", str(photos / "one")]) == 0
+    assert (photos / "one" / "B.jpg").read_bytes() == before
+    assert sorted(p.name for p in (photos / "one").iterdir()) == ["B-2.rendered.png", "B.jpg", "B.rendered.png"]
+    capsys.readouterr()
     assert cli.main(["letters", "predict", str(letters_run), str(clip), "--json", "--per-frame"]) == 0
     [prediction] = json.loads(capsys.readouterr().out)
     assert len(prediction["frames"]) == 10 and len(prediction["top"]) == 3
+
+
+def test_an_out_folder_of_something_else_is_refused_untouched(tmp_path, capsys):
+    from fingerspell.config import Config
+
+    other = tmp_path / "sequence-run"
+    other.mkdir()
+    Config().save(other / "config.json")
+    saved = (other / "config.json").read_text()
+    assert cli.main(["letters", "train", str(LETTERS / "landmarks"), "--out", str(other)]) == 2
+    assert "is not a letters run's config" in capsys.readouterr().err
+    assert (other / "config.json").read_text() == saved
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert cli.main(["letters", "train", str(LETTERS / "landmarks"), "--out", str(tmp_path / "notes")]) == 2
+    assert "holds files a letters run does not write (['todo.txt'])" in capsys.readouterr().err
 
 
 @pytest.mark.video
@@ -234,6 +261,11 @@ def test_a_nothing_class_is_learned_only_when_the_data_has_one(letters_run, tmp_
     assert cli.main(["letters", "evaluate", str(run), str(data), "--json", str(report)]) == 0
     nothing = json.loads(report.read_text())["per_class"]["nothing"]
     assert nothing == {"items": 3, "correct": 3, "accuracy": 1.0, "no_hand": 3}
+    # A letter whose photos mostly show no hand is not taken for a "nothing" class: it is refused by name.
+    (data / "nothing").rename(data / "Q")
+    assert cli.main(["letters", "train", str(data), "--out", str(tmp_path / "run-q"), "epochs=1"]) == 2
+    assert "no item of class(es) ['Q']" in capsys.readouterr().err
+    empty_scene = data / "Q" / "room1.png"
     # A model trained without one reports the same scene as a problem, not as a class.
     assert json.loads((letters_run / "no_hand.json").read_text()) == {"label": None}
     assert cli.main(["letters", "predict", str(letters_run), str(empty_scene)]) == 1

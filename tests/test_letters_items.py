@@ -268,7 +268,7 @@ def test_pose_without_hands_and_unreadable_pose(tmp_path):
     (tmp_path / "empty.pose").write_bytes(cut_pose(POSE_RIGHT.read_bytes(), 0, 4))  # before the hand shows
     item = read_item(tmp_path / "empty.pose", "X", None, None)
     assert item.frames_total == 4
-    assert_no_landmarks(item, "no hand in any of its 4 frames")
+    assert_no_landmarks(item, "no hand found in any of its 4 frames")
     (tmp_path / "junk.pose").write_bytes(os.urandom(300))
     assert_no_landmarks(read_item(tmp_path / "junk.pose", "X", None, None), "not a readable .pose file")
 

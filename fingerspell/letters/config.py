@@ -5,14 +5,19 @@ from dataclasses import dataclass
 
 from fingerspell.config import ConfigError, Settings, _option
 
+WINDOW = 5  # frames of motion the features see (features.WINDOW): ~1/6 s at 30 fps
+
 
 @dataclass
 class LettersConfig(Settings):
     """Every setting of a letters run, saved as RUN_DIR/config.json."""
 
     val_fraction: float = _option(0.2, "share of each class's frames held out, as one contiguous block")
-    val_gap: int = _option(15, "frames on each side of a held-out block left out of training (near-duplicates)")
+    val_gap: int = _option(15, "frames on each side of a held-out block left out of training (near-duplicates); "
+                               "at least the window length - 1, so no training window reaches into the block")
     seed: int = _option(0, "seed of the split, the augmentation and the initial weights")
+    no_hand_class: str = _option("nothing", "the class folder, if the data has one, whose items show no hand: the "
+                                            "answer wherever no hand is found ('' -> none)")
     hidden: int = _option(256, "width of the first hidden layer (the second is half)")
     dropout: float = _option(0.3, "dropout after each hidden layer")
     epochs: int = _option(60, "passes over the training frames")
@@ -39,6 +44,13 @@ class LettersConfig(Settings):
         for name in ("dropout", "label_smoothing", "still_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a value in [0, 1]")
-        if self.aug_aspect < 1.0 or self.val_gap < 0:
-            raise ConfigError("aug_aspect must be >= 1 and val_gap >= 0")
+        for name in ("still_motion", "aug_roll", "aug_yaw", "aug_pitch", "aug_jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a value >= 0")
+        if not 0.0 <= self.aug_finger_scale < 1.0:
+            raise ConfigError(f"aug_finger_scale={self.aug_finger_scale}: expected a value in [0, 1)")
+        if self.aug_aspect < 1.0:
+            raise ConfigError(f"aug_aspect={self.aug_aspect}: expected a value >= 1 (1: no change)")
+        if self.val_gap < WINDOW - 1:
+            raise ConfigError(f"val_gap={self.val_gap}: expected at least {WINDOW - 1} (the window length - 1)")
         return self

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-WINDOW = 5  # frames of motion the features see: ~1/6 s at 30 fps
+from fingerspell.letters.config import WINDOW  # frames of motion the features see (kept in the light config)
+
 HAND_POINTS = 21
 WRIST, THUMB_MCP, THUMB_TIP = 0, 2, 4
 INDEX_MCP, PINKY_MCP = 5, 17
@@ -105,6 +106,17 @@ def window_features(window: tf.Tensor, handedness: tf.Tensor) -> tf.Tensor:
 def feature_count() -> int:
     return int(window_features(np.zeros([1, WINDOW, HAND_POINTS, 3], np.float32), np.ones([1], np.float32))
                .shape[1])
+
+
+def recording_handedness(frames: np.ndarray, handedness: np.ndarray) -> np.ndarray:
+    """[T]: MediaPipe's labels where there are any; else, for a recording without labels (.npy, .pose), the
+    geometric chirality most of its frames have, for every frame. One signer with one camera has one
+    chirality, while a single frame's triple product can flip (a flattened O: a fifth of its frames)."""
+    handedness = np.asarray(handedness, np.float32)
+    if len(frames) < 2 or np.any(handedness != 0):
+        return handedness
+    votes = chirality(np.asarray(frames, np.float32)).numpy()
+    return np.full(len(frames), 1.0 if votes.sum() >= 0 else -1.0, np.float32)
 
 
 def still_windows(frames: np.ndarray) -> np.ndarray:

@@ -38,6 +38,10 @@ class LettersModel:
             raise LettersError(f"{path}: not found (did `fingerspell letters train` finish?)")
         self.runner = Interpreter(model_path=str(path), num_threads=num_threads).get_signature_runner(
             "serving_default")
+        width = int(self.runner.get_output_details()["probabilities"]["shape"][-1])
+        if width != len(self.labels):
+            raise LettersError(f"{path} has {width} outputs but {self.run_dir / 'labels.json'} {len(self.labels)} "
+                               f"labels: the two files are from different runs")
 
     def probabilities(self, windows: np.ndarray, handedness: np.ndarray) -> np.ndarray:
         """[N, len(labels)] for windows [N, WINDOW, 21, 3] and handedness [N]."""
@@ -50,7 +54,7 @@ class LettersModel:
         """[T, len(labels)]: each frame of the item with a hand, with the frames before it if it is a clip."""
         is_clip = item.kind in CLIP_KINDS or len(item.landmarks) > 1
         windows = (features.clip_windows if is_clip else features.still_windows)(item.landmarks)
-        return self.probabilities(windows, item.handedness)
+        return self.probabilities(windows, features.recording_handedness(item.landmarks, item.handedness))
 
 
 def top_labels(probabilities: np.ndarray, labels: list[str], top: int = TOP) -> list[dict]:
@@ -158,6 +162,7 @@ def predict(run_dir: Path, inputs: list[Path], per_frame: bool = False, render_d
     model = LettersModel(run_dir)
     cache = items.LandmarkCache(Path(cache_dir)) if cache_dir else None
     found = items.read_items({None: [Path(p) for p in inputs]}, cache)
+    rendered = render_paths([item.path for item in found], Path(render_dir)) if render_dir is not None else {}
     predictions = []
     for item in found:
         if not len(item.landmarks) and model.no_hand_label and items.found_no_hand(item):
@@ -171,9 +176,27 @@ def predict(run_dir: Path, inputs: list[Path], per_frame: bool = False, render_d
         prediction = Prediction(str(item.path), item.kind, top_labels(frames.mean(axis=0), model.labels),
                                 [top_labels(f, model.labels) for f in frames] if per_frame else None)
         if render_dir is not None and item.kind == "image":
-            render_image(item, prediction, Path(render_dir) / f"{item.path.stem}.png")
+            render_image(item, prediction, rendered[item.path])
         predictions.append(prediction)
     return predictions
+
+
+RENDER_SUFFIX = ".rendered.png"
+
+
+def render_paths(inputs: list[Path], render_dir: Path) -> dict[Path, Path]:
+    """DIR/<name>.rendered.png per input, numbered where names repeat; never an input's own path."""
+    taken: set[Path] = set()
+    chosen = {}
+    sources = {p.resolve() for p in inputs}
+    for path in inputs:
+        out, n = render_dir / f"{path.stem}{RENDER_SUFFIX}", 1
+        while out in taken or out.resolve() in sources:
+            n += 1
+            out = render_dir / f"{path.stem}-{n}{RENDER_SUFFIX}"
+        taken.add(out)
+        chosen[path] = out
+    return chosen
 
 
 def render_image(item: items.Item, prediction: Prediction, out: Path) -> Path:

@@ -333,7 +333,7 @@ def _read_pose(path: Path, label: str | None) -> Item:
         return _failed(path, label, "pose", _reason(e, path))
     landmarks = signing_hands(rows)
     if len(landmarks) == 0:
-        return _failed(path, label, "pose", f"no hand in any of its {len(rows)} frames", frames_total=len(rows))
+        return _failed(path, label, "pose", f"{NO_HAND} in any of its {len(rows)} frames", frames_total=len(rows))
     return Item(path, label, "pose", landmarks, np.zeros(len(landmarks), np.float32), len(rows))
 
 

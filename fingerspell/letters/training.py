@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fingerspell.config import ConfigError
 from fingerspell.files import atomic_path, atomic_write, atomic_write_json
 from fingerspell.letters import augment, features, items
 from fingerspell.letters.config import LettersConfig
@@ -30,9 +31,11 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "letters.tflite"
 LABELS_NAME = "labels.json"
 #: {"label": the class given to items where no hand is found, or null}: a "nothing" class is learned only if
-#: the data has one, i.e. a class where no hand is found in at least NO_HAND_SHARE of the items.
+#: the data has one (the class folder named by the config's `no_hand_class`).
 NO_HAND_NAME = "no_hand.json"
-NO_HAND_SHARE = 0.5
+#: What a letters run writes into its folder; anything else there means --out points at something else.
+RUN_FILES = ("config.json", "labels.json", "no_hand.json", "split.json", "summary.json", "letters.weights.h5",
+             "letters.tflite", "confusion.png", "landmarks-cache")
 WEIGHTS_NAME = "letters.weights.h5"
 CACHE_NAME = "landmarks-cache"
 #: Consecutive single-frame items (webcam frames) belong to one recording unless the wrist jumps this far,
@@ -60,30 +63,34 @@ def _palm(frame: np.ndarray) -> float:
 
 
 def build_series(found: list[items.Item]) -> list[Series]:
-    """Clips as they are; single frames of a class joined in name order while the hand stays near."""
+    """Recordings: a clip as it is; single-frame `.npy` items of a class (webcam frames) joined in name order
+    while the hand stays near. A photo stays on its own: photos side by side are not a motion.
+    A recording without MediaPipe labels gets its frames' majority chirality (`recording_handedness`)."""
     series: list[Series] = []
-    open_run: list[tuple[np.ndarray, float]] = []
+    open_run: list[np.ndarray] = []
     run_label = None
+
+    def add(label: str, frames: np.ndarray, handedness: np.ndarray) -> None:
+        series.append(Series(label, frames, features.recording_handedness(frames, handedness)))
 
     def close():
         if open_run:
-            series.append(Series(run_label, np.stack([f for f, _ in open_run]),
-                                 np.array([h for _, h in open_run], np.float32)))
+            add(run_label, np.stack(open_run), np.zeros(len(open_run), np.float32))
             open_run.clear()
 
     for item in found:
         if not len(item.landmarks):
             continue
-        if len(item.landmarks) > 1 or item.kind in ("video", "frames", "pose"):
-            close()
-            series.append(Series(item.label, item.landmarks.astype(np.float32), item.handedness.astype(np.float32)))
-            continue
         frame = item.landmarks[0].astype(np.float32)
-        if open_run and (item.label != run_label or np.linalg.norm(frame[0, :2] - open_run[-1][0][0, :2])
-                         > SERIES_BREAK_PALMS * max(_palm(frame), 1e-4)):
+        joins = item.kind == "npy" and len(item.landmarks) == 1
+        if not joins or (open_run and (item.label != run_label or np.linalg.norm(frame[0, :2] - open_run[-1][0, :2])
+                                       > SERIES_BREAK_PALMS * max(_palm(frame), 1e-4))):
             close()
-        run_label = item.label
-        open_run.append((frame, float(item.handedness[0])))
+        if joins:
+            run_label = item.label
+            open_run.append(frame)
+        else:
+            add(item.label, item.landmarks.astype(np.float32), item.handedness.astype(np.float32))
     close()
     return series
 
@@ -236,28 +243,42 @@ def to_tflite(model) -> bytes:
 
 # --- the run ----------------------------------------------------------------------------------
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse an --out that holds a letters model, or files a letters run does not write (another run's)."""
+    if (run_dir / MODEL_NAME).exists():
+        raise LettersError(f"{run_dir} already holds a letters model; choose another --out")
+    if run_dir.is_dir() and (foreign := sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)):
+        raise LettersError(f"{run_dir} holds files a letters run does not write ({foreign[:5]}): choose an empty "
+                           f"or new --out")
+    if (run_dir / "config.json").exists():
+        try:
+            LettersConfig.load(run_dir / "config.json")
+        except ConfigError:
+            raise LettersError(f"{run_dir / 'config.json'} is not a letters run's config (another command's run?): "
+                               f"choose another --out") from None
+
+
 def train(data_dir: Path, run_dir: Path, cfg: LettersConfig, cache_dir: Path | None = None,
           progress: bool = False) -> dict:
     """Read the class folders, train, export; returns the summary (also RUN_DIR/summary.json)."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    if (run_dir / MODEL_NAME).exists():
-        raise LettersError(f"{run_dir} already holds a letters model; choose another --out")
+    check_run_dir(run_dir)
     folders = items.class_folders(data_dir)
     labels = sorted(folders)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
     cache = items.LandmarkCache(cache_dir or run_dir / CACHE_NAME)
     found = items.read_items(folders, cache, progress=progress)
     report = item_report(found, labels)
-    no_hand_label = choose_no_hand_label(found, labels)
+    no_hand_label = choose_no_hand_label(found, labels, cfg.no_hand_class)
     if no_hand_label:
-        logger.info("class %r: no hand in most of its items: it is the answer wherever no hand is found",
-                    no_hand_label)
+        logger.info("class %r is the answer wherever no hand is found", no_hand_label)
         labels = [label for label in labels if label != no_hand_label]
         found = [item for item in found if item.label != no_hand_label]
     if empty := [label for label in labels if not report["frames"][label]]:
         raise LettersError(f"no item of class(es) {empty} under {data_dir} gave hand landmarks: nothing to "
                            f"learn them from (see the problems listed above)")
+    if len(labels) < 2:
+        raise LettersError(f"{data_dir}: {len(labels)} class(es) with hands ({labels}): a classifier needs two")
+    cfg.save(run_dir / "config.json")
     frames, blocks = split_frames(build_series(found), labels, cfg)
     logger.info("%d classes, %d frames with a hand: %d for training, %d held out", len(labels),
                 len(frames.labels), int(frames.training.sum()), int(frames.validation.sum()))
@@ -279,22 +300,24 @@ def train(data_dir: Path, run_dir: Path, cfg: LettersConfig, cache_dir: Path | N
     return summary
 
 
-def choose_no_hand_label(found: list[items.Item], labels: list[str]) -> str | None:
-    """The class whose items mostly show no hand ("nothing"), if there is one; two such classes are refused."""
-    chosen = []
-    for label in labels:
-        mine = [item for item in found if item.label == label]
-        if mine and sum(items.found_no_hand(item) for item in mine) >= NO_HAND_SHARE * len(mine):
-            chosen.append(label)
-    if len(chosen) > 1:
-        raise LettersError(f"classes {chosen} all show no hand in most of their items: at most one class can "
-                           f"stand for 'no hand' (check the images, or remove one of them)")
-    return chosen[0] if chosen else None
+def choose_no_hand_label(found: list[items.Item], labels: list[str], name: str) -> str | None:
+    """The class folder named `name` (the config's `no_hand_class`), if the data has one; its items in which
+    a hand was found (a false detection, or a mislabelled image) are named in a warning and not learned."""
+    if not name or name not in labels:
+        return None
+    with_hand = [item for item in found if item.label == name and len(item.landmarks)]
+    if with_hand:
+        logger.warning("class %r stands for 'no hand', yet a hand was found in %d of its items (not learned): %s",
+                       name, len(with_hand), ", ".join(str(item.path) for item in with_hand[:10]))
+    return name
 
 
 def load_no_hand_label(run_dir: Path) -> str | None:
     path = Path(run_dir) / NO_HAND_NAME
-    return json.loads(path.read_text())["label"] if path.exists() else None
+    found = _read_json(path, run_dir) if path.exists() else {"label": None}
+    if not isinstance(found, dict) or not isinstance(found.get("label"), (str, type(None))):
+        raise LettersError(f"{path}: expected {{\"label\": a class name or null}}")
+    return found["label"]
 
 
 def item_report(found: list[items.Item], labels: list[str]) -> dict:
@@ -313,10 +336,18 @@ def item_report(found: list[items.Item], labels: list[str]) -> dict:
     return report
 
 
-def load_labels(run_dir: Path) -> list[str]:
-    path = Path(run_dir) / LABELS_NAME
+def _read_json(path: Path, run_dir: Path):
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise LettersError(f"{path}: not found (is {run_dir} a folder written by `fingerspell letters train`?)") \
             from None
+    except json.JSONDecodeError as err:
+        raise LettersError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_labels(run_dir: Path) -> list[str]:
+    labels = _read_json(Path(run_dir) / LABELS_NAME, run_dir)
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise LettersError(f"{Path(run_dir) / LABELS_NAME}: expected a JSON list of class names")
+    return labels
