@@ -1,8 +1,11 @@
 """Letters: the feature function, augmentation, the contiguous-block split, and the three commands on real data."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +153,22 @@ def test_train_writes_a_tflite_model_that_agrees_with_keras(letters_run, capsys)
         np.testing.assert_allclose(LettersModel(letters_run).probabilities(windows, sides), expected, atol=1e-5)
     assert cli.main(["letters", "train", str(LETTERS), "--out", str(letters_run)]) == 2
     assert "already holds a letters model" in capsys.readouterr().err
+    # It runs in Kaggle's 2023 runtime too (a child process: old runtimes crash rather than raise).
+    if importlib.util.find_spec("tflite_runtime"):
+        np.save(letters_run.parent / "windows.npy", windows[:7])
+        runner = ("import sys, numpy as np; from tflite_runtime.interpreter import Interpreter; "
+                  "run = Interpreter(model_path=sys.argv[1]).get_signature_runner('serving_default'); "
+                  "w = np.load(sys.argv[2]); "
+                  "p = run(landmarks=w, handedness=np.zeros(len(w), np.float32))['probabilities']; "
+                  "z = run(landmarks=np.zeros((1, 5, 21, 3), np.float32), handedness=np.zeros(1, np.float32)); "
+                  "np.save(sys.argv[3], p); assert np.isfinite(z['probabilities']).all()")
+        done = subprocess.run([sys.executable, "-c", runner, str(letters_run / "letters.tflite"),
+                               str(letters_run.parent / "windows.npy"), str(letters_run.parent / "old.npy")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sides = np.zeros(7, np.float32)
+        np.testing.assert_allclose(np.load(letters_run.parent / "old.npy"),
+                                   LettersModel(letters_run).probabilities(windows[:7], sides), atol=1e-6)
 
 
 @pytest.mark.video
