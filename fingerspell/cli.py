@@ -527,8 +527,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- the command table and the entry points -----------------------------------------------------
-
 # --- letters -------------------------------------------------------------------------------------
 
 def add_letters(p: argparse.ArgumentParser) -> None:
@@ -589,6 +587,8 @@ def run_letters(args: argparse.Namespace) -> int:
         return error(err)
     return 0
 
+
+# --- the command table and the entry points -----------------------------------------------------
 
 @dataclass(frozen=True)
 class Command:
