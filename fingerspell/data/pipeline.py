@@ -134,11 +134,12 @@ def read_inventory(data_dir: Path, shards: list[Path], key: str) -> Inventory:
     return found
 
 
-def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, resume: bool = False,
-                       inventory: Inventory | None = None) -> dict:
+def load_or_make_split(data_dir: Path, shards: list[Path], cfg: Config, run_dir: Path | None,
+                       resume: bool = False) -> dict:
     """The held-out groups, saved as RUN_DIR/split.json so a resumed run and the export see the same split.
 
-    A resumed run must find the same shards it started with; a new run makes a new split.
+    A resumed run must find the same shards it started with, and reads its counts from split.json
+    (no inventory, so no scan of a folder without manifest counts); a new run makes a new split.
     """
     path = run_dir / "split.json" if run_dir else None
     names = sorted(p.name for p in shards)
@@ -150,8 +151,7 @@ def load_or_make_split(shards: list[Path], cfg: Config, run_dir: Path | None, re
         return split
     if run_dir:  # a copy of another split's held-out records must never be read as this one's
         (Path(run_dir) / VALIDATION_RECORDS).unlink(missing_ok=True)
-    if inventory is None:
-        inventory = scan_inventory(shards, split_key(cfg))
+    inventory = read_inventory(Path(data_dir), shards, split_key(cfg))
     inventory.check_phrases_fit(cfg.max_target_len - 2)
     groups = inventory.sequences
     split = {"key": inventory.key, "validation": choose_validation(groups, cfg.val_fraction, cfg.seed),
@@ -344,12 +344,13 @@ def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, res
     """
     shards = records.shard_paths(data_dir)
     records.check_layout(shards)
-    inventory = read_inventory(Path(data_dir), shards, split_key(cfg))
-    split = load_or_make_split(shards, cfg, run_dir, resume, inventory)
+    split = load_or_make_split(Path(data_dir), shards, cfg, run_dir, resume)
     held = {str(g) for g in split["validation"]}
     n_valid = sum(n for g, n in split["counts"].items() if g in held)
     n_train = split["sequences"] - n_valid
-    frames = split.get("frames") or {str(g): n for g, n in inventory.frames.items()}
+    if "frames" not in split:  # a split.json written before splits kept frame counts
+        split["frames"] = {str(g): n for g, n in read_inventory(Path(data_dir), shards, split["key"]).frames.items()}
+    frames = split["frames"]
     valid_bytes = decoded_bytes(n_valid, sum(n for g, n in frames.items() if g in held))
     train_bytes = decoded_bytes(n_train, sum(n for g, n in frames.items() if g not in held))
     budget = cache_budget(cfg)
