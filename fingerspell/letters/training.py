@@ -58,8 +58,10 @@ class Series:
     handedness: np.ndarray  # [T]
 
 
-def _palm(frame: np.ndarray) -> float:
-    return float(np.linalg.norm(frame[list(features.KNUCKLES), :2] - frame[features.WRIST, :2], axis=-1).mean())
+def palm_sizes(frames: np.ndarray) -> np.ndarray:
+    """[..., 21, 3] -> [...]: mean wrist-to-knuckle length in the image plane, the unit of hand motion."""
+    knuckles = frames[..., list(features.KNUCKLES), :2]
+    return np.linalg.norm(knuckles - frames[..., features.WRIST:features.WRIST + 1, :2], axis=-1).mean(axis=-1)
 
 
 def build_series(found: list[items.Item]) -> list[Series]:
@@ -84,7 +86,7 @@ def build_series(found: list[items.Item]) -> list[Series]:
         frame = item.landmarks[0].astype(np.float32)
         joins = item.kind == "npy" and len(item.landmarks) == 1
         if not joins or (open_run and (item.label != run_label or np.linalg.norm(frame[0, :2] - open_run[-1][0, :2])
-                                       > SERIES_BREAK_PALMS * max(_palm(frame), 1e-4))):
+                                       > SERIES_BREAK_PALMS * max(float(palm_sizes(frame)), 1e-4))):
             close()
         if joins:
             run_label = item.label
@@ -156,10 +158,7 @@ def motion_palms(windows: np.ndarray) -> np.ndarray:
     """[N]: the farthest a motion fingertip moves within each window, in palm sizes of its last frame."""
     tips = windows[:, :, list(features.MOTION_TIPS), :2]
     moved = np.linalg.norm(tips - tips[:, -1:], axis=-1).max(axis=(1, 2))
-    last = windows[:, -1]
-    palm = np.linalg.norm(last[:, list(features.KNUCKLES), :2] - last[:, features.WRIST:features.WRIST + 1, :2],
-                          axis=-1).mean(axis=1)
-    return moved / np.maximum(palm, 1e-4)
+    return moved / np.maximum(palm_sizes(windows[:, -1]), 1e-4)
 
 
 def _epoch_windows(frames: Frames, rng: np.random.Generator, cfg: LettersConfig) -> tuple[np.ndarray, np.ndarray]:
