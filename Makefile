@@ -9,8 +9,9 @@ comma := ,
 ifndef TF_EXTRA
 TF_EXTRA := $(if $(and $(filter x86_64,$(shell uname -m)),$(wildcard $(VENV)/lib/python3*/site-packages/tensorflow-[0-9]*.dist-info)),gpu,cpu)
 endif
-# Linux aarch64 has no mediapipe 0.10.21 wheel: there, `make test EXTRAS=cpu,test`.
-EXTRAS ?= $(TF_EXTRA),video,test
+# Linux aarch64 has no mediapipe 0.10.21 wheel: there, `make test EXTRAS=cpu,test,beam`.
+# beam: `preprocess --engine beam` (Apache Beam), tested by the suite.
+EXTRAS ?= $(TF_EXTRA),video,test,beam
 # The stamp names the extras, so changing them reinstalls instead of keeping the old set.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 EXTRA_LIST := $(subst $(comma), ,$(EXTRAS))

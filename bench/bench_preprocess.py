@@ -3,11 +3,13 @@
 Both run on the same generated Kaggle-format files (fingerspell.synth) and the script prints sequences per
 second for each and the ratio. Usage:
 
-    python bench/bench_preprocess.py [--sequences N] [--workdir DIR] [--workers W]
+    python bench/bench_preprocess.py [--sequences N] [--workdir DIR] [--workers W] [--beam-workers B]
 
 Ours is timed end to end as a user runs it: a `python -m preprocess` subprocess,
 interpreter start and imports included, with the default worker count (all
 cores) unless --workers is given; the median of --repeats runs is reported. The
+Beam row runs the same command with `--engine beam` (Beam's FnApiRunner, --beam-workers
+worker processes, default 2), when apache-beam is installed. The
 seed loop is timed once, after TensorFlow is imported (its notebook imports it
 once at the top), so the comparison, if anything, favours the seed.
 
@@ -22,6 +24,7 @@ see shared/seeds/README.md), so both write the same values.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -96,14 +99,24 @@ def seed_preprocess(data_dir: Path, out_dir: Path) -> int:
 
 # --- ours -----------------------------------------------------------------------------------------
 
-def ours_preprocess(data_dir: Path, out_dir: Path, workers: int | None) -> dict:
+def ours_preprocess(data_dir: Path, out_dir: Path, workers: int | None, engine: str = "local") -> dict:
     cmd = [sys.executable, "-m", "preprocess", "--data-dir", str(data_dir), "--out", str(out_dir),
-           "--overwrite", "--no-progress"]
+           "--overwrite", "--no-progress", "--engine", engine]
     if workers:
         cmd += ["--workers", str(workers)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     return json.loads((out_dir / "manifest.json").read_text())
+
+
+def timed(repeats: int, data_dir: Path, out_dir: Path, workers: int | None, engine: str) -> tuple[list[float], dict]:
+    """Seconds of each of `repeats` runs (at least one) and the last run's manifest."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        manifest = ours_preprocess(data_dir, out_dir, workers, engine)
+        times.append(time.perf_counter() - t)
+    return times, manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="where data and outputs go (default: a temporary folder, removed afterwards); "
                         "existing data there is reused")
     p.add_argument("--workers", type=int, default=None, help="our worker processes (default: all cores)")
+    p.add_argument("--beam-workers", type=int, default=2, help="worker processes of the Beam row (default 2)")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of ours, reporting the median (default 3): a one-second run on a shared "
                         "machine is noisy, while the seed's long run averages the noise out by itself")
@@ -129,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(f.stat().st_size for f in (data_dir / "train_landmarks").glob("*.parquet"))
         print(f"{n} sequences in {N_FILES} files, {size / 1e6:.0f} MB of parquet; {os.cpu_count()} cores")
 
-        times = []
-        for _ in range(max(1, args.repeats)):
-            t = time.perf_counter()
-            manifest = ours_preprocess(data_dir, workdir / "ours", args.workers)
-            times.append(time.perf_counter() - t)
+        times, manifest = timed(args.repeats, data_dir, workdir / "ours", args.workers, "local")
         ours_s = statistics.median(times)
+        beam = None
+        if importlib.util.find_spec("apache_beam"):
+            beam = timed(args.repeats, data_dir, workdir / "beam", args.beam_workers, "beam")
 
         import tensorflow  # noqa: F401  (the notebook imports it once; not timed)
         t = time.perf_counter()
@@ -144,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{t:.2f}" for t in times)
         print(f"ours (python -m preprocess, workers={manifest['settings']['workers']}): "
               f"{ours_s:.2f}s (median of {runs}), {n / ours_s:.0f} sequences/s, kept {manifest['kept']}")
+        if beam:
+            beam_s = statistics.median(beam[0])
+            print(f"ours, Beam engine (FnApiRunner, {beam[1]['settings']['workers']} worker processes): {beam_s:.2f}s "
+                  f"(median of {', '.join(f'{t:.2f}' for t in beam[0])}), {n / beam_s:.0f} sequences/s, "
+                  f"kept {beam[1]['kept']}")
+        else:
+            print("Beam engine: skipped (apache-beam is not installed: pip install \".[beam]\")")
         print(f"seed notebook loop: {seed_s:.2f}s, {n / seed_s:.1f} sequences/s, kept {seed_kept}")
         print(f"speed-up: {seed_s / ours_s:.1f}x")
-        if seed_kept != manifest["kept"]:
+        if seed_kept != manifest["kept"] or (beam and beam[1]["kept"] != manifest["kept"]):
             print("WARNING: the two kept different numbers of sequences", file=sys.stderr)
             return 1
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -28,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 TF_EXTRA = 'pip install "fingerspell[cpu]" (or "fingerspell[gpu]" on a machine with NVIDIA GPUs)'
 VIDEO_EXTRA = 'pip install "fingerspell[video]"'
+BEAM_EXTRA = 'pip install "fingerspell[beam]" (from a checkout: pip install ".[beam]")'
 #: Modules outside the base install -> (what to call them, how to install them).
 EXTRAS = {"tensorflow": ("TensorFlow", TF_EXTRA), "keras": ("Keras", TF_EXTRA),
           "mediapipe": ("MediaPipe", VIDEO_EXTRA), "cv2": ("OpenCV (cv2)", VIDEO_EXTRA),
-          "pose_format": ("pose-format", VIDEO_EXTRA)}
+          "pose_format": ("pose-format", VIDEO_EXTRA), "apache_beam": ("Apache Beam", BEAM_EXTRA)}
 
 EXIT_STATUS = "exit status: 0 ok, 1 partial failure (the rest was done), 2 bad input"
 
@@ -106,6 +108,8 @@ def require(command: str, *modules: str) -> None:
             found = importlib.util.find_spec(module) is not None
         except ValueError:  # in sys.modules without a spec: present
             found = True
+        except ImportError:  # a parent package or an import hook refuses it
+            found = False
         if not found:
             raise MissingExtra(missing_message(command, module))
 
@@ -152,17 +156,31 @@ def _add_no_progress(p: argparse.ArgumentParser) -> None:
 
 # --- preprocess ---------------------------------------------------------------------------------
 
+def _location(text: str) -> Path | str:
+    """A local path, or a URL kept as text (gs://, s3://: `Path` would collapse the //)."""
+    return text if "://" in text else Path(text)
+
+
 def add_preprocess(p: argparse.ArgumentParser) -> None:
     from fingerspell.data.convert import PreprocessConfig
     from fingerspell.data.schema import SPLIT_FILES
 
-    _add_data_dir(p, "Kaggle-layout dataset folder (train.csv, train_landmarks/, ...); only read")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR",
-                   help="output folder for the TFRecord shards and manifest.json")
+    p.add_argument("--data-dir", "--data", dest="data_dir", type=_location, required=True, metavar="DIR",
+                   help="Kaggle-layout dataset folder (train.csv, train_landmarks/, ...); only read. "
+                        "gs:// and other remote paths with --engine beam")
+    p.add_argument("--out", required=True, type=_location, metavar="OUT_DIR",
+                   help="output folder for the TFRecord shards and manifest.json (remote: --engine beam)")
+    p.add_argument("--engine", choices=("local", "beam"), default="local",
+                   help="local: a process pool on this machine (default); beam: an Apache Beam pipeline, "
+                        "locally or on Dataflow, Flink or Spark (pipeline options after --)")
+    p.add_argument("beam_options", nargs="*", metavar="-- BEAM_OPTION",
+                   help="Beam pipeline options, after `--` (e.g. -- --runner=DataflowRunner --project=P ...); "
+                        "default: FnApiRunner with --workers processes on this machine")
     p.add_argument("--split", choices=(*SPLIT_FILES, "all"), default=PreprocessConfig.split,
                    help="which metadata CSV to process (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel processes (default: as many as cores and available memory allow)")
+                   help="parallel processes on this machine, either engine (default: as many as cores and "
+                        "available memory allow)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose shard an earlier run already finished")
     p.add_argument("--min-hand-frames-factor", type=float, default=PreprocessConfig.min_hand_frames_factor,
                    metavar="FACTOR", help="keep a sequence when FACTOR * len(phrase) < frames with a fully visible "
@@ -173,16 +191,42 @@ def add_preprocess(p: argparse.ArgumentParser) -> None:
 def run_preprocess(args: argparse.Namespace) -> int:
     from fingerspell.data.convert import PreprocessConfig, PreprocessError, preprocess, report
 
+    if args.beam_options and args.engine != "beam":
+        raise UsageError(f"pipeline options {args.beam_options[:3]} are for --engine beam")
     config = PreprocessConfig(
         data_dir=args.data_dir, out_dir=args.out, split=args.split, workers=args.workers,
         overwrite=args.overwrite, min_hand_frames_factor=args.min_hand_frames_factor,
         progress=not args.no_progress)
+    if args.engine == "beam":
+        require("preprocess --engine beam", "apache_beam")
+        run = functools.partial(_preprocess_beam, beam_args=args.beam_options, verbose=args.verbose)
+    else:
+        run = preprocess
     try:
-        manifest = preprocess(config)
+        manifest = run(config)
     except PreprocessError as err:
         return error(err)
     report(manifest, args.out)
     return 1 if manifest["errors"] else 0
+
+
+def _preprocess_beam(config, beam_args: list[str], verbose: bool) -> dict:
+    """The Beam engine, with Beam's own logging kept at WARNING unless --verbose."""
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.WARNING)
+    with _quiet_root_logger():  # importing Beam warns about optional GCP clients through the root logger
+        from fingerspell.data.beam_engine import preprocess_beam
+    return preprocess_beam(config, beam_args, quiet_workers=not verbose)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 # --- train --------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Builds the wheel from a copy of the checkout, checks what it holds (the character map as package
 data; none of the checkout's top-level folders), installs it with `pip --target` and, from a folder
 outside the checkout with that target first on PYTHONPATH, runs the documented commands that need
-neither TensorFlow nor MediaPipe: `--help`, `synth` and `preprocess`.
+neither TensorFlow nor MediaPipe: `--help`, `synth` and `preprocess`; and, in a fresh venv holding only
+requirements-preprocess.txt and the wheel (--no-deps), `preprocess --engine beam`.
 """
 from __future__ import annotations
 
@@ -146,3 +147,28 @@ def test_installed_command_runs_synth_and_preprocess(site, outside):
     assert manifest["kept"] + sum(manifest["dropped"].values()) == manifest["csv_rows"]
     shards = [f["shard"] for f in manifest["files"] if f["kept"]]
     assert shards and all((pre / s).exists() or Path(s).exists() for s in shards), shards
+
+
+def test_light_preprocessing_environment_runs_the_beam_engine(wheel, outside):
+    """A venv with only requirements-preprocess.txt (no TensorFlow, MediaPipe, LiteRT) and the project
+    installed with --no-deps: what a Beam launcher or worker gets. ~1 min, mostly pip."""
+    pytest.importorskip("apache_beam")  # the environment that runs the suite has the beam extra
+    venv = outside / "light-venv"
+    _run([sys.executable, "-m", "venv", venv], cwd=outside)
+    python = venv / "bin" / "python"
+    _run([python, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", "-r",
+          ROOT / "requirements-preprocess.txt"], cwd=outside)
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], cwd=outside)
+    installed = _run([python, "-m", "pip", "list", "--format=freeze"], cwd=outside).stdout.lower()
+    for heavy in ("tensorflow", "keras", "mediapipe", "ai-edge-litert", "opencv", "matplotlib"):
+        assert heavy not in installed, installed
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    data, pre = outside / "light-data", outside / "light-pre"
+    from fingerspell.synth.generator import generate_dataset  # synth writes with pandas: not in the light set
+    generate_dataset(data, files=2, sequences_per_file=6, participants=2, seed=0, supplemental_files=0)
+    _run([python, "-m", "fingerspell", "preprocess", "--data-dir", data, "--out", pre, "--engine", "beam",
+          "--workers", "2"], cwd=outside, env=env)
+    manifest = json.loads((pre / "manifest.json").read_text())
+    assert manifest["csv_rows"] == 12 and manifest["kept"] > 0 and not manifest["errors"]
+    assert manifest["settings"]["engine"] == "beam"

@@ -2,6 +2,7 @@
 
 `schema` (landmark columns, the selected 156), `vocab` (character map, special tokens),
 `phrases` (phrase kinds), `metadata` (the metadata CSVs), `parquet` (Kaggle-layout landmark
-files), `convert` (parquet -> TFRecord shards: the `preprocess` stage), `records` (the shard
-format) and `pipeline` (tf.data: records -> model batches). Only `pipeline` imports TensorFlow.
+files), `convert` (parquet -> TFRecord shards: the `preprocess` stage), `beam_engine` (the same
+conversion as an Apache Beam pipeline), `records` (the shard format) and `pipeline` (tf.data:
+records -> model batches). Only `pipeline` imports TensorFlow.
 """

@@ -42,7 +42,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,9 @@ class FileTask:
     info: str  # final per-file JSON path
     out_dir: str  # OUT, for the shard path stored relative to it
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # A local copy to read instead of `parquet` (the Beam engine's copy of a gs:// file); messages,
+    # results and the fingerprint still name `parquet`.
+    source: str | None = None
 
 
 def _rows_digest(sequence_ids: np.ndarray, participant_ids: np.ndarray, phrases: list[str]) -> str:
@@ -135,8 +138,18 @@ def _file_stat(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def make_tasks(metadata: Metadata, split: str, out_dir: Path, factor: float) -> list[FileTask]:
-    """One task per parquet file of a split, in CSV order of first appearance."""
+def is_url(path: str | os.PathLike) -> bool:
+    """A path with a scheme (gs://, s3://, hdfs://): Beam's filesystems reach it, the local disk does not."""
+    return "://" in str(path)
+
+
+def make_tasks(metadata: Metadata, split: str, out_dir: Path | str, factor: float,
+               stat: Callable[[str], list[int] | None] = _file_stat) -> list[FileTask]:
+    """One task per parquet file of a split, in CSV order of first appearance.
+
+    `out_dir` may be a URL (joined as text, which `Path` would mangle); `stat` gives
+    [size, mtime_ns] of an input file, or None when it is missing.
+    """
     order = np.argsort(metadata.file_ids, kind="stable")
     file_ids, first = np.unique(metadata.file_ids[order], return_index=True)
     groups = np.split(order, first[1:])
@@ -149,15 +162,15 @@ def make_tasks(metadata: Metadata, split: str, out_dir: Path, factor: float) -> 
         tasks.append(FileTask(
             split=split, file_id=file_id, parquet=parquet, sequence_ids=sequence_ids,
             participant_ids=participant_ids, phrases=phrases, factor=factor,
-            shard=str(out_dir / split / f"{file_id}{records.SHARD_SUFFIX}"),
-            info=str(out_dir / split / f"{file_id}.json"),
+            shard=os.path.join(str(out_dir), split, f"{file_id}{records.SHARD_SUFFIX}"),
+            info=os.path.join(str(out_dir), split, f"{file_id}.json"),
             out_dir=str(out_dir),
             fingerprint={
                 "format": [records.FORMAT_NAME, records.FORMAT_VERSION],
                 "selected_columns": hashlib.sha1("\n".join(SELECTED_COLUMNS).encode()).hexdigest(),
                 "min_hand_frames_factor": factor,
                 "parquet": parquet,
-                "parquet_stat": _file_stat(parquet),
+                "parquet_stat": stat(parquet),
                 "csv_rows": _rows_digest(sequence_ids, participant_ids, phrases),
             },
         ))
@@ -259,12 +272,17 @@ def _float32_values(column: pa.ChunkedArray, cast: bool) -> np.ndarray:
     return column_values(column)
 
 
-def read_landmarks(path: str) -> LandmarkTable:
-    """The selected columns of a landmarks file, by name, as float32, after checking its schema."""
-    if not os.path.exists(path):
+def read_landmarks(path: str, name: str | None = None) -> LandmarkTable:
+    """The selected columns of a landmarks file, by name, as float32, after checking its schema.
+
+    Problems name the file as `name` (default `path`): a local copy of a remote file is
+    reported under the remote name.
+    """
+    source, path = path, name or path
+    if not os.path.exists(source):
         raise FileProblem(f"{path}: parquet file not found")
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(source)
         layout = check_schema(path, pf.schema_arrow)
         ids = [INDEX_COLUMN] + ([FRAME_COLUMN] if layout.has_frame else [])
         table = pf.read(columns=ids + list(SELECTED_COLUMNS), use_threads=True)
@@ -432,7 +450,7 @@ def process_file(task: FileTask) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(task.info)
     try:
-        table = read_landmarks(task.parquet)
+        table = read_landmarks(task.source or task.parquet, task.parquet)
     except FileProblem as e:
         result["error"] = str(e)
         result["dropped"][FILE_ERROR] = result["csv_rows"]
@@ -451,13 +469,33 @@ def process_file(task: FileTask) -> dict[str, Any]:
     return result
 
 
-def reusable_result(task: FileTask) -> dict[str, Any] | None:
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How a run looks at its inputs and at an earlier run's outputs before any work.
+
+    The local disk by default; the Beam engine passes one that also reaches gs:// and
+    other remote paths through Beam's filesystems. `read_text` raises OSError when it cannot.
+    """
+
+    stat: Callable[[str], list[int] | None] = _file_stat
+    is_file: Callable[[str], bool] = os.path.isfile
+    read_text: Callable[[str], str] = _read_text
+    clean_temporaries: Callable[[Any], int] = files.clean_temporaries
+    remove_manifest: Callable[[Any], None] = lambda out_dir: _invalidate_manifest(Path(out_dir))
+
+
+def reusable_result(task: FileTask, storage: Storage | None = None) -> dict[str, Any] | None:
     """The stored result of a file finished by an earlier run with the same inputs and settings."""
-    if not os.path.isfile(task.shard):
+    storage = storage or Storage()
+    if not storage.is_file(task.shard):
         return None
     try:
-        with open(task.info, encoding="utf-8") as f:
-            stored = json.load(f)
+        stored = json.loads(storage.read_text(task.info))
     except (OSError, ValueError):
         return None
     if stored.get("fingerprint") != json.loads(json.dumps(task.fingerprint)):
@@ -622,7 +660,7 @@ def default_workers(parquets: Sequence[str]) -> int:
 
 
 def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows: dict[str, int],
-               workers: int, cleaned: int, seconds: float) -> dict[str, Any]:
+               workers: int | None, cleaned: int, seconds: float, engine: str = "local") -> dict[str, Any]:
     results = sorted(results, key=lambda r: (r["split"], r["file_id"]))
     dropped = {reason: sum(r["dropped"][reason] for r in results) for reason in DROP_REASONS}
     kept = sum(r["kept"] for r in results)
@@ -656,9 +694,9 @@ def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows
         "splits": splits,
         "files": results,
         "selected_columns": list(SELECTED_COLUMNS),
-        "settings": {"data_dir": str(config.data_dir.resolve()), "split": config.split,
-                     "min_hand_frames_factor": config.min_hand_frames_factor,
-                     "workers": workers, "overwrite": config.overwrite},
+        "settings": {"data_dir": str(config.data_dir) if is_url(config.data_dir) else str(Path(config.data_dir).resolve()),
+                     "split": config.split, "min_hand_frames_factor": config.min_hand_frames_factor,
+                     "workers": workers, "overwrite": config.overwrite, "engine": engine},
         "run": {"seconds": round(seconds, 3), "files_reused": sum(r["reused"] for r in results),
                 "stale_temporaries_removed": cleaned},
     }
@@ -671,20 +709,13 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     arguments); per-file problems are reported in `manifest["errors"]`.
     """
     started = time.perf_counter()
+    if remote := [str(p) for p in (config.data_dir, config.out_dir) if is_url(p)]:
+        raise PreprocessError(f"{remote[0]}: remote paths need the Beam engine (--engine beam)")
     data_dir, out_dir = Path(config.data_dir).absolute(), Path(config.out_dir).absolute()
     if not data_dir.is_dir():
         raise PreprocessError(f"--data-dir {data_dir} is not a directory")
-    if out_dir.resolve() == data_dir.resolve():
-        raise PreprocessError("--out must not be the data directory (its files must stay untouched)")
-    if not config.min_hand_frames_factor >= 0:
-        raise PreprocessError(f"--min-hand-frames-factor must be >= 0, got {config.min_hand_frames_factor}")
-    if config.workers is not None and config.workers < 1:
-        raise PreprocessError(f"--workers must be >= 1, got {config.workers}")
-    try:
-        splits = splits_of(config.split)
-        metadata = {split: load_metadata(data_dir, split) for split in splits}
-    except MetadataError as e:
-        raise PreprocessError(str(e)) from None
+    check_settings(config, str(data_dir.resolve()), str(out_dir.resolve()))
+    metadata = load_splits(data_dir, config.split)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
         cleaned, reused, todo = start_run(out_dir, metadata, config)
@@ -696,26 +727,45 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     return manifest
 
 
-def start_run(out_dir: Path, metadata: dict[str, Metadata],
-              config: PreprocessConfig) -> tuple[int, list[dict[str, Any]], list[FileTask]]:
+def check_settings(config: PreprocessConfig, data_dir: str, out_dir: str) -> None:
+    """The checks both engines make before any work (`data_dir`, `out_dir` resolved)."""
+    if out_dir.rstrip("/") == data_dir.rstrip("/"):
+        raise PreprocessError("--out must not be the data directory (its files must stay untouched)")
+    if not config.min_hand_frames_factor >= 0:
+        raise PreprocessError(f"--min-hand-frames-factor must be >= 0, got {config.min_hand_frames_factor}")
+    if config.workers is not None and config.workers < 1:
+        raise PreprocessError(f"--workers must be >= 1, got {config.workers}")
+
+
+def load_splits(data_dir: Path, split: str) -> dict[str, Metadata]:
+    """The metadata CSV of each split `--split` stands for; a bad one stops the run."""
+    try:
+        return {s: load_metadata(data_dir, s) for s in splits_of(split)}
+    except MetadataError as e:
+        raise PreprocessError(str(e)) from None
+
+
+def start_run(out_dir: Path | str, metadata: dict[str, Metadata], config: PreprocessConfig,
+              storage: Storage | None = None) -> tuple[int, list[dict[str, Any]], list[FileTask]]:
     """Under the lock, before any work: (stale temporaries removed, reused results, tasks to do).
 
     Deletes what killed runs left half-written anywhere under OUT, and the old manifest
     when this run will replace shards (always with `overwrite`).
     """
-    cleaned = files.clean_temporaries(out_dir)
+    storage = storage or Storage()
+    cleaned = storage.clean_temporaries(out_dir)
     tasks = [t for split, meta in metadata.items()
-             for t in make_tasks(meta, split, out_dir, config.min_hand_frames_factor)]
+             for t in make_tasks(meta, split, out_dir, config.min_hand_frames_factor, storage.stat)]
     reused, todo = [], []
     for task in tasks:
-        previous = None if config.overwrite else reusable_result(task)
+        previous = None if config.overwrite else reusable_result(task, storage)
         (reused if previous else todo).append(previous or task)
     if todo or config.overwrite:
-        _invalidate_manifest(out_dir)
+        storage.remove_manifest(out_dir)
     return cleaned, reused, todo
 
 
-def report(manifest: dict[str, Any], out_dir: Path, stream=sys.stderr) -> None:
+def report(manifest: dict[str, Any], out_dir: Path | str, stream=sys.stderr) -> None:
     """Print warnings (capped per file), errors and the totals."""
     for r in manifest["files"]:
         for message in r["warnings"][:MAX_PRINTED_WARNINGS]:
@@ -730,4 +780,4 @@ def report(manifest: dict[str, Any], out_dir: Path, stream=sys.stderr) -> None:
     print(f"kept {manifest['kept']} of {manifest['csv_rows']} sequences (dropped: {dropped}); "
           f"{len(manifest['files'])} files ({run['files_reused']} reused from an earlier run), "
           f"{len(manifest['errors'])} unreadable; {run['seconds']:.1f}s; "
-          f"manifest: {out_dir / records.MANIFEST_NAME}", file=stream)
+          f"manifest: {str(out_dir).rstrip('/')}/{records.MANIFEST_NAME}", file=stream)
