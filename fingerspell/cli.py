@@ -243,6 +243,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --out where it stopped, on the --data-dir it started with unless "
                         "another is given; operational keys may change (epochs, time, devices, precision, batch "
                         "sizes, cache, evaluation cadence), the model and data keys may not")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="--resume when RUN_DIR holds a checkpoint, else start a new run: one command for training "
+                        "workers that a cluster restarts (distribute=multi_worker)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (--config file, then key=value) as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
@@ -289,6 +292,16 @@ def resume_changes(args: argparse.Namespace) -> dict:
     return {key: changed[key] for key in keys}
 
 
+def auto_resume_changes(args: argparse.Namespace) -> dict:
+    """What a restarted `--auto-resume` command changes: the keys its config (--config, key=value) sets
+    otherwise than the run's saved config.json (the same command that started the run changes nothing)."""
+    from fingerspell.config import Config
+
+    saved = Config.load(args.out / "config.json").to_dict()
+    wanted = (Config.load(args.config) if args.config else Config()).override(cli_overrides(args)).to_dict()
+    return {key: value for key, value in wanted.items() if saved[key] != value}
+
+
 def resolve_config(args: argparse.Namespace):
     """The run's config: --config file (or the defaults), then key=value; with --resume, the saved one."""
     from fingerspell.config import Config
@@ -320,6 +333,8 @@ def run_train(args: argparse.Namespace) -> int:
         except ConfigError as err:
             return error(err)
         return 0
+    if args.auto_resume and args.resume:
+        raise UsageError("--auto-resume already resumes a started run; give one of --resume, --auto-resume")
     if args.resume and args.data_dir is None and args.out is not None:
         args.data_dir = started_on(args.out)
     if args.data_dir is None or args.out is None:
@@ -327,11 +342,13 @@ def run_train(args: argparse.Namespace) -> int:
                          "directory in RUN_DIR/run.json)")
     require("train", "tensorflow", "keras")
     from fingerspell.data.records import RecordFormatError
-    from fingerspell.training.trainer import TrainingError, resume, train
+    from fingerspell.training.trainer import TrainingError, holds_run, resume, train
 
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar is a diagnostic; the summary the result
-            if args.resume:
+            if args.auto_resume and holds_run(args.out):
+                summary = resume(args.data_dir, args.out, auto_resume_changes(args))
+            elif args.resume:
                 summary = resume(args.data_dir, args.out, resume_changes(args))
             else:
                 summary = train(args.data_dir, args.out, resolve_config(args))

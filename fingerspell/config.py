@@ -112,8 +112,10 @@ class Config(Settings):
 
     # Optimisation
     epochs: int = _option(30, "training epochs (at most: time_budget_minutes may stop earlier)")
-    batch_size: int = _option(64, "sequences per training batch")
-    learning_rate: float = _option(1e-3, "peak learning rate")
+    batch_size: int = _option(64, "global batch: sequences per training step over all replicas and workers (each "
+                                  "replica takes batch_size / replicas; never scaled by the replica count)")
+    learning_rate: float = _option(1e-3, "peak learning rate for the global batch_size (never scaled by the replica "
+                                         "or worker count)")
     lr_schedule: str = _option("cosine", '"cosine" (linear warmup, cosine decay) or "constant"')
     warmup_epochs: float = _option(1.0, "epochs of linear warmup (cosine schedule)")
     weight_decay: float = _option(1e-4, "AdamW weight decay (not on biases, LayerNorm or embeddings); 0 -> Adam")
@@ -124,7 +126,8 @@ class Config(Settings):
                                         'variables), "on", "off"')
     mixed_precision: str = _option("auto", '"auto" (on with a GPU), "on", "off"')
     distribute: str = _option("auto", '"auto" (mirrored with several GPUs, else none), "none", "mirrored" (all GPUs, '
-                                      'or all logical CPUs without a GPU), "multi_worker"')
+                                      'or all logical CPUs without a GPU), "multi_worker" (the machines TF_CONFIG '
+                                      'lists, see README)')
     cache: str = _option("auto", '"auto" (keep decoded records in memory when they fit cache_memory_gb, else stream '
                                  'them from disk every epoch), "on", "off"')
     cache_memory_gb: float = _option(0.0, "memory the record cache may use (cache=auto); 0 -> half of the memory "

@@ -263,6 +263,7 @@ class RunData:
     n_valid: int
     cached: bool  # training records kept in memory after the first epoch
     train_bytes: int  # their decoded size
+    shards: list[Path]  # every shard of the data directory
 
 
 def decoded_bytes(sequences: int, frames: int) -> int:
@@ -360,12 +361,88 @@ def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, res
                     (train_bytes + valid_bytes) / 1e9, train_bytes / 1e9,
                     "an unknown amount" if budget is None else f"{budget / 1e9:.2f} GB",
                     "caching them in memory" if cached else "streaming the training records from disk")
-    train = records.load_dataset(shards, shuffle_files=not cached, seed=cfg.seed,
-                                 deterministic=op_determinism_enabled())
-    train = train.filter(_in_split(split, validation=False))
+    train = training_records(shards, split, cfg, cached)
     valid = validation_records(shards, split, n_valid, run_dir)
     if cached or decide_cache(cfg.cache, valid_bytes, budget):
         valid = valid.cache()
-    if cached:
-        train = train.cache()
-    return RunData(train, valid, split, n_train, n_valid, cached, train_bytes)
+    return RunData(train, valid, split, n_train, n_valid, cached, train_bytes, shards)
+
+
+def training_records(shards: list[Path], split: dict, cfg: Config, cached: bool,
+                     part: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """The training records of `shards`, cached or streamed in a new file order each epoch.
+
+    `part` = (count, index) keeps every count-th record from the index-th: a worker's share when
+    workers split the records rather than the files. Every worker must then read the same records
+    in the same order, so the reads are deterministic and the file order is drawn from `cfg.seed`.
+    """
+    train = records.load_dataset(shards, shuffle_files=not cached, seed=cfg.seed,
+                                 deterministic=op_determinism_enabled() or part is not None)
+    train = train.filter(_in_split(split, validation=False))
+    if part is not None:
+        train = train.shard(*part)
+    return train.cache() if cached else train
+
+
+# --- several workers: who reads which training records ---------------------------------------
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How training records are divided among workers: `file` (each worker reads its own shards, balanced
+    by their training records) or `data` (every worker reads all shards and keeps every n-th record,
+    when there are fewer shards with training records than workers)."""
+
+    by: str
+    shards: list[list[Path]]  # per worker
+    records: list[int]  # training records per worker
+
+    def describe(self) -> dict:
+        return {"sharding": self.by, "worker_train_records": self.records,
+                "worker_shards": [len(s) for s in self.shards]}
+
+
+def shard_training_counts(data_dir: Path, shards: list[Path], split: dict) -> dict[Path, int]:
+    """Training records per shard: from the manifest's per-file counts, else from one scan of the group ids."""
+    held = {int(g) for g in split["validation"]}
+    try:
+        listed = {(Path(data_dir) / f["shard"]).resolve(): f for f in records.read_manifest(data_dir).get("files", [])
+                  if f.get("shard")}
+    except FileNotFoundError:
+        listed = {}
+    found = [listed.get(p.resolve()) for p in shards]
+    if all(f is not None and "participants" in f for f in found):
+        if split["key"] == records.PARTICIPANT_ID:
+            return {p: sum(c["sequences"] for g, c in f["participants"].items() if int(g) not in held)
+                    for p, f in zip(shards, found)}
+        return {p: 0 if int(f["file_id"]) in held else int(f["kept"]) for p, f in zip(shards, found)}
+    spec = {split["key"]: tf.io.FixedLenFeature([], tf.int64)}
+    counts = {}
+    for path in shards:
+        ids = [tf.io.parse_example(batch, spec)[split["key"]].numpy() for batch in
+               tf.data.TFRecordDataset(str(path)).batch(4096)]
+        counts[path] = int(np.sum(~np.isin(np.concatenate(ids), list(held)))) if ids else 0
+    return counts
+
+
+def plan_shards(counts: dict[Path, int], workers: int) -> ShardPlan:
+    """By file when every worker can get a shard with training records (largest shards first, each to the
+    worker with the fewest records so far), else by data; the same plan on every worker."""
+    useful = sorted((p for p, n in counts.items() if n > 0), key=lambda p: (-counts[p], str(p)))
+    if len(useful) < workers:
+        total = sum(counts.values())
+        return ShardPlan("data", [sorted(counts)] * workers,
+                         [total // workers + (1 if i < total % workers else 0) for i in range(workers)])
+    shares: list[list[Path]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for path in useful:
+        worker = loads.index(min(loads))
+        shares[worker].append(path)
+        loads[worker] += counts[path]
+    return ShardPlan("file", [sorted(s) for s in shares], loads)
+
+
+def worker_training_records(data: "RunData", cfg: Config, plan: ShardPlan, worker: int) -> tf.data.Dataset:
+    """The training records worker `worker` reads under `plan`."""
+    if plan.by == "file":
+        return training_records(plan.shards[worker], data.split, cfg, data.cached)
+    return training_records(plan.shards[worker], data.split, cfg, data.cached, part=(len(plan.shards), worker))

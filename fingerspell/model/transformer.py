@@ -191,12 +191,16 @@ class FingerspellTransformer(keras.Model):
         The smoothing mass goes only to classes that can be a target (the characters and `>`),
         never to PAD or START, which the decoder must never emit.
         """
+        return self.token_loss_sum(targets, logits) / tf.maximum(token_count(targets), 1.0)
+
+    def token_loss_sum(self, targets, logits):
+        """The label-smoothed cross-entropy summed over non-padding target positions (a float32 scalar):
+        several workers divide their sums by the token count of the whole global batch."""
         one_hot = tf.one_hot(targets, vocab.N_CLASSES, dtype=tf.float32)
         smoothing = self.cfg.label_smoothing
         soft = (1.0 - smoothing) * one_hot + smoothing * TARGET_CLASSES / float(TARGET_CLASSES.sum())
         losses = -tf.reduce_sum(soft * tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1), axis=-1)
-        mask = tf.cast(tf.not_equal(targets, vocab.PAD), tf.float32)
-        return tf.reduce_sum(losses * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        return tf.reduce_sum(losses * tf.cast(tf.not_equal(targets, vocab.PAD), tf.float32))
 
     def train_step(self, data):
         (frames, dec_in), targets = data
@@ -254,6 +258,11 @@ class FingerspellTransformer(keras.Model):
                  tf.fill([batch, max_steps], vocab.PAD), caches)
         _, _, _, out, _ = tf.while_loop(running, step, start)
         return out
+
+
+def token_count(targets) -> tf.Tensor:
+    """Non-padding target positions in a batch, as float32 (what the loss averages over)."""
+    return tf.reduce_sum(tf.cast(tf.not_equal(targets, vocab.PAD), tf.float32))
 
 
 def build_model(cfg: Config, feature_dim: int) -> FingerspellTransformer:

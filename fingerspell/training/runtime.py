@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 RUN_INFO = "run.json"
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """The resolved execution settings of one training session."""
@@ -50,9 +54,9 @@ def use_mixed_precision(cfg: Config) -> bool:
 
 def make_strategy(distribute: str) -> tf.distribute.Strategy:
     """The strategy `distribute` asks for on the devices this process sees."""
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    if distribute == "multi_worker":
+    if distribute == "multi_worker":  # before anything starts TensorFlow's runtime: collectives are set up at startup
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if distribute == "mirrored" or (distribute == "auto" and len(gpus) > 1):
         # Without a GPU, mirror over the logical CPUs (how tests stand in for several GPUs).
         return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
@@ -94,6 +98,9 @@ def resolve_steps_per_execution(steps: int, replicas: int) -> int:
 def resolve_runtime(cfg: Config) -> Runtime:
     strategy = make_strategy(cfg.distribute)
     replicas = int(strategy.num_replicas_in_sync)
+    if cfg.distribute == "multi_worker":  # multiworker.py's loop: one step per call, without XLA
+        return Runtime(strategy=strategy, replicas=replicas, jit_compile=False, mixed_precision=use_mixed_precision(cfg),
+                       devices=strategy_devices(strategy), steps_per_execution=1)
     return Runtime(strategy=strategy, replicas=replicas, jit_compile=resolve_jit_compile(cfg.jit_compile, replicas, on_gpu=has_gpu()),
                    mixed_precision=use_mixed_precision(cfg), devices=strategy_devices(strategy),
                    steps_per_execution=resolve_steps_per_execution(cfg.steps_per_execution, replicas))

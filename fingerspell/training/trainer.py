@@ -19,7 +19,7 @@ import math
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -31,7 +31,8 @@ from fingerspell.data import pipeline, vocab
 from fingerspell.config import Config
 from fingerspell.files import atomic_path, atomic_write, atomic_write_json
 from fingerspell.model.transformer import FingerspellTransformer, build_model
-from fingerspell.training.runtime import Runtime, resolve_runtime, write_run_info
+from fingerspell.training import multiworker
+from fingerspell.training.runtime import Runtime, TrainingError, resolve_runtime, write_run_info
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ NO_WEIGHT_DECAY = ("bias", "gamma", "beta", "embeddings")
 LOG_NAME = "train.log"
 METRIC_FIELDS = ["epoch", "loss", "val_loss", "val_score", "learning_rate", "train_seconds",
                  "train_sequences_per_second", "eval_seconds"]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why."""
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -229,6 +226,9 @@ class EpochTimer(keras.callbacks.Callback):
         self.budget_seconds = budget_seconds
         self.total = total
         self.epoch_seconds = 0.0
+        # With several workers, the slowest worker's epoch time: the schedule fitted to a time budget
+        # must be the same on every worker (multiworker.agreement).
+        self.agree: Callable[[float], float] = lambda seconds: seconds
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -239,6 +239,7 @@ class EpochTimer(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds = self.agree(self.epoch_seconds)
         self.total += self.epoch_seconds
 
 
@@ -376,8 +377,7 @@ RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "distribute", "jit_compile
 
 def new_run_dir(run_dir: Path, cfg: Config) -> None:
     """Create a run directory; refuse one that already holds a run (nothing a user has is overwritten)."""
-    if any((run_dir / CHECKPOINTS / name).exists() for name in (RESUME_NAME, "state.json")):
-        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+    refuse_used(run_dir)
     (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     for name in ("split.json", pipeline.VALIDATION_RECORDS):  # from an aborted start: the split is made anew
         (run_dir / name).unlink(missing_ok=True)
@@ -404,9 +404,13 @@ def train(data_dir: Path, run_dir: Path, cfg: Config, callbacks: list[keras.call
     Extra Keras `callbacks` run after the run's own bookkeeping (checkpoints, metrics).
     """
     run_dir = Path(run_dir)
-    new_run_dir(run_dir, cfg)
-    with run_log(run_dir):
-        return _run(Path(data_dir), run_dir, cfg, resume=False, callbacks=callbacks)
+    place = multiworker.placement(cfg.distribute)
+    if not place.chief:  # the chief refuses a used RUN_DIR: so does every worker, instead of waiting for it
+        refuse_used(run_dir)
+    with multiworker.worker_run_dir(run_dir, place, resume=False) as out:
+        new_run_dir(out, cfg)
+        with run_log(out):
+            return _as_worker(_run(Path(data_dir), out, cfg, resume=False, callbacks=callbacks), run_dir, place)
 
 
 def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
@@ -414,8 +418,27 @@ def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
     """Continue a run where its last checkpoint stopped: weights, optimizer, epoch, schedule, split."""
     run_dir = Path(run_dir)
     cfg = resumed_config(run_dir, changes)
-    with run_log(run_dir):
-        return _run(Path(data_dir), run_dir, cfg, resume=True, callbacks=callbacks)
+    place = multiworker.placement(cfg.distribute)
+    with multiworker.worker_run_dir(run_dir, place, resume=True) as out:
+        with run_log(out):
+            return _as_worker(_run(Path(data_dir), out, cfg, resume=True, callbacks=callbacks), run_dir, place)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether RUN_DIR holds a run's checkpoint (what `--resume` continues)."""
+    return any((Path(run_dir) / CHECKPOINTS / name).exists() for name in (RESUME_NAME, "state.json"))
+
+
+def refuse_used(run_dir: Path) -> None:
+    if holds_run(run_dir):
+        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+
+
+def _as_worker(summary: dict, run_dir: Path, place: multiworker.Placement) -> dict:
+    """A worker's summary names the run it trained (not its temporary directory) and its place."""
+    if place.task == "local":
+        return summary
+    return {**summary, "run_dir": str(run_dir), "task": place.task, "chief": place.chief, "workers": place.workers}
 
 
 @contextlib.contextmanager
@@ -481,8 +504,9 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     if cfg.batch_size % runtime.replicas:
         raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
                             f"use a multiple of {runtime.replicas}")
+    shuffle_buffer = min(n_train, 16384) if data.cached else 4096
     train_batches = pipeline.training_batches(data.train, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
-                                              shuffle_buffer=min(n_train, 16384) if data.cached else 4096)
+                                              shuffle_buffer=shuffle_buffer)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
     # the validation loss takes a multiple of the replica count (the score still uses every sequence).
     n_valid_loss = n_valid - n_valid % runtime.replicas
@@ -500,11 +524,21 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         if resume:
             restore_last(model, run_dir)
             cfg.save(run_dir / "config.json")  # the changes take effect only once the checkpoint restored
+        if multi_worker := cfg.distribute == "multi_worker":
+            model.optimizer.build(model.trainable_variables)  # its variables, mirrored: not inside a step
+    info = {"cache": "memory" if data.cached else "stream", "train_records_gb": round(data.train_bytes / 1e9, 3),
+            "steps_per_epoch": steps, "steps_per_execution": 1 if multi_worker else per_execution,
+            "global_batch": cfg.batch_size, "replica_batch": cfg.batch_size // runtime.replicas}
+    if multi_worker:
+        place = multiworker.placement(cfg.distribute)
+        logger.info("task %s of %d worker(s)%s, writing %s", place.task, place.workers,
+                    " (chief)" if place.chief else "", run_dir)
+        most = multiworker.agreement(runtime.strategy)
+        multiworker.check_same_start(most, start_epoch, int(base_optimizer(model.optimizer).iterations.numpy()))
+        plan = pipeline.plan_shards(pipeline.shard_training_counts(data_dir, data.shards, split), place.workers)
+        info.update(workers=len(plan.shards), **plan.describe())
     # Recorded once the run can go on: a refused resume leaves run.json (and config.json) as they were.
-    write_run_info(run_dir, runtime, data_dir, start_epoch, resume,
-                   data={"cache": "memory" if data.cached else "stream",
-                         "train_records_gb": round(data.train_bytes / 1e9, 3), "steps_per_epoch": steps,
-                         "steps_per_execution": per_execution})
+    write_run_info(run_dir, runtime, data_dir, start_epoch, resume, data=info)
     if schedule is not None:
         schedule.continue_from(int(base_optimizer(model.optimizer).iterations.numpy()),
                                state.get("schedule_epoch", start_epoch))
@@ -523,9 +557,22 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     # The progress bar first: it ends its line before the run's own log lines of the epoch.
     callbacks = [keras.callbacks.ProgbarLogger(), timer, keeper,
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False), *(callbacks or [])]
-    model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
-              steps_per_epoch=steps, validation_steps=math.ceil(n_valid_loss / cfg.batch_size), shuffle=False,
-              validation_freq=cfg.eval_every, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    verbose = 1 if sys.stdout.isatty() else 2
+    if multi_worker:
+        timer.agree = most
+
+        def worker_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            records = pipeline.worker_training_records(data, cfg, plan, context.input_pipeline_id)
+            return pipeline.training_batches(records, cfg, True, context.get_per_replica_batch_size(cfg.batch_size),
+                                             seed=cfg.seed + start_epoch, shuffle_buffer=shuffle_buffer)
+
+        multiworker.fit(model, runtime.strategy, worker_batches, valid_loss_batches, epochs=cfg.epochs,
+                        initial_epoch=start_epoch, steps=steps, validation_freq=cfg.eval_every, clipnorm=cfg.clipnorm,
+                        callbacks=callbacks, verbose=verbose, most=most)
+    else:
+        model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=steps, validation_steps=math.ceil(n_valid_loss / cfg.batch_size), shuffle=False,
+                  validation_freq=cfg.eval_every, callbacks=callbacks, verbose=verbose)
     if keeper.nan_epoch is not None:
         good = state.get("epoch", start_epoch)
         raise TrainingError(

@@ -1,0 +1,209 @@
+"""Training on several machines: `distribute=multi_worker`, a `tf.distribute.MultiWorkerMirroredStrategy`
+configured by `TF_CONFIG`, driven by a small training loop of our own instead of `model.fit`.
+
+Why not `model.fit`: with Keras 3.15.1 on TensorFlow 2.19.1 it fails under this strategy before the first
+step, where Keras reduces the first batch across workers to build the model ("Attempt to convert a value
+(PerReplica:...) ... to a Tensor", keras-team/keras#20585), and, past that, where it reduces the scalar
+loss along axis 0 ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow#72388). This
+loop runs the model's own loss under `strategy.run`, as TensorFlow's multi-worker guide does, and drives
+the run's Keras callbacks (checkpoints, metrics, time budget) itself, so nothing else changes.
+
+Every worker runs the same program. The chief (task `chief`, or `worker` 0 when there is none) writes the
+run directory; any other worker writes the same files into a temporary directory that is removed at the
+end, and on `--resume` starts from a copy of the chief's checkpoint, which it must be able to read (one
+RUN_DIR on shared storage). Nothing a worker does alone (saving, validation, greedy decoding) is a
+collective operation: each reads its own copy of the mirrored variables. What must be equal on every worker
+(when to stop, an epoch's time for the time budget, the checkpoint it started from) is agreed through an
+all-reduce.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fingerspell.model.transformer import FingerspellTransformer, token_count
+from fingerspell.training.runtime import TrainingError
+
+logger = logging.getLogger(__name__)
+
+#: What a non-chief worker does not copy from the chief's run directory when it resumes.
+NOT_COPIED = ("tensorboard", "train.log", "curves.png", "summary.json")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's place in the cluster that `TF_CONFIG` describes."""
+
+    task: str  # "chief:0", "worker:1"; "local" without multi_worker
+    chief: bool  # writes the run directory
+    workers: int  # processes that train (chief and workers)
+
+
+def placement(distribute: str, environ: dict | None = None) -> Placement:
+    """Where this process trains: from `TF_CONFIG` with `distribute=multi_worker`, else one local process."""
+    if distribute != "multi_worker":
+        return Placement("local", True, 1)
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not raw:  # MultiWorkerMirroredStrategy without TF_CONFIG trains as one worker
+        return Placement("worker:0", True, 1)
+    try:
+        spec = json.loads(raw)
+        cluster, task = spec["cluster"], spec["task"]
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise TrainingError(f"TF_CONFIG is not a cluster description ({type(err).__name__}: {err}); expected "
+                            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+                            ) from None
+    if kind not in ("chief", "worker") or set(cluster) - {"chief", "worker"}:
+        raise TrainingError(f"TF_CONFIG: multi_worker trains with `chief` and `worker` tasks only, not "
+                            f"{sorted(set(cluster) | {kind})}")
+    if index >= len(cluster.get(kind, [])):
+        raise TrainingError(f"TF_CONFIG: task {kind}:{index} is not in the cluster {cluster}")
+    chief = kind == "chief" or (kind == "worker" and index == 0 and not cluster.get("chief"))
+    return Placement(f"{kind}:{index}", chief, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+@contextlib.contextmanager
+def worker_run_dir(run_dir: Path, place: Placement, resume: bool) -> Iterator[Path]:
+    """The directory this worker writes: RUN_DIR for the chief; for any other worker a temporary one (removed
+    afterwards) that, on resume, starts as a copy of the chief's run (its checkpoint, split and config)."""
+    if place.chief:
+        yield run_dir
+        return
+    temporary = Path(tempfile.mkdtemp(prefix=f"fingerspell-{place.task.replace(':', '')}-"))
+    try:
+        if resume:
+            shutil.copytree(run_dir, temporary, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        yield temporary
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+# --- agreement between workers --------------------------------------------------------------------
+
+def agreement(strategy: tf.distribute.Strategy) -> Callable[[float], float]:
+    """`most(x)`: the largest `x` over all workers (an all-reduce: every worker must call it, in the same order)."""
+    @tf.function
+    def largest(value):
+        def replica(v):  # ReduceOp has no MAX: gather every replica's value
+            return tf.reduce_max(tf.distribute.get_replica_context().all_gather(v[None], axis=0))
+        return strategy.experimental_local_results(strategy.run(replica, args=(value,)))[0]
+
+    return lambda value: float(largest(tf.constant(value, tf.float64)))
+
+
+def check_same_start(most: Callable[[float], float], epoch: int, step: int) -> None:
+    """Refuse a start where workers restored different checkpoints (RUN_DIR not shared, or copied by hand)."""
+    for name, value in (("epoch", epoch), ("optimizer step", step)):
+        high, low = most(value), -most(-value)
+        if high != low:
+            raise TrainingError(f"the workers start from different checkpoints ({name} {low:.0f} to {high:.0f}): "
+                                f"every worker must read the chief's RUN_DIR (one folder on shared storage)")
+
+
+# --- the step and the loop --------------------------------------------------------------------------
+
+def make_train_step(model: FingerspellTransformer, strategy: tf.distribute.Strategy, clipnorm: float):
+    """One optimizer step on the next global batch; returns its loss.
+
+    The loss: each replica sums its tokens' losses and divides by the token count of the whole global
+    batch, so the loss and its gradient are those of the global batch, however it is split (a mean of
+    per-replica means would weigh a replica with short phrases more). The optimizer sums the replicas'
+    gradients. They are dense: the embedding tables' sparse gradients would reach Adam as rows gathered from
+    every replica, which Keras squares row by row, so a row two replicas share would count twice in its
+    second moment. Global-norm clipping: Keras' optimizer clips each replica's gradient before the sum,
+    so the step clips itself, by the norm of the summed gradient (`clip_global_norm`).
+    """
+    variables = model.trainable_variables
+    optimizer = model.optimizer
+    base = getattr(optimizer, "inner_optimizer", optimizer)
+    base.global_clipnorm = None  # clipped below, on the global gradient
+    add = tf.distribute.ReduceOp.SUM
+
+    def replica_step(batch):
+        (frames, dec_in), targets = batch
+        context = tf.distribute.get_replica_context()
+        tokens = tf.maximum(context.all_reduce(add, token_count(targets)), 1.0)
+        with tf.GradientTape() as tape:
+            loss = model.token_loss_sum(targets, model((frames, dec_in), training=True)) / tokens
+            scaled = optimizer.scale_loss(loss)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        if clipnorm:  # the gradients are of the scaled loss (mixed precision): so is their norm
+            grads, loss = clip_global_norm(grads, loss, clipnorm * optimizer.scale_loss(tf.constant(1.0)))
+        else:
+            loss = context.all_reduce(add, loss)
+        optimizer.apply(grads, variables)
+        return loss
+
+    @tf.function
+    def step(iterator):
+        return strategy.experimental_local_results(strategy.run(replica_step, args=(next(iterator),)))[0]
+    return step
+
+
+def clip_global_norm(grads: list[tf.Tensor], loss: tf.Tensor, clipnorm: tf.Tensor) -> tuple[list, tf.Tensor]:
+    """This replica's gradients times `clipnorm / norm` (at most 1), `norm` being the global norm of the
+    gradients summed over replicas: Keras' formula, on the gradient one process would clip. Costs one more
+    all-reduce of the gradients (the loss is summed with them); a non-finite norm gives NaN, as in Keras."""
+    summed, loss = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, (grads, loss))
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g)) for g in summed]))
+    scale = clipnorm * tf.minimum(1.0 / norm, 1.0 / clipnorm) + (norm - norm)
+    return [g * scale for g in grads], loss
+
+
+def validation_loss(model: FingerspellTransformer, batches: tf.data.Dataset) -> float:
+    """The mean of the batches' losses (as Keras' evaluation reports it), on this worker's copy of the model."""
+    @tf.function(reduce_retracing=True)
+    def batch_loss(inputs, targets):
+        return model.masked_loss(targets, model(inputs, training=False))
+
+    losses = [float(batch_loss(inputs, targets)) for inputs, targets in batches]
+    return float(np.float32(np.mean(losses))) if losses else float("nan")
+
+
+def fit(model: FingerspellTransformer, strategy: tf.distribute.Strategy,
+        batches_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], validation: tf.data.Dataset, *,
+        epochs: int, initial_epoch: int, steps: int, validation_freq: int, clipnorm: float,
+        callbacks: list[keras.callbacks.Callback], verbose: int, most: Callable[[float], float]) -> None:
+    """`model.fit` for this strategy: `steps` global batches per epoch from `batches_fn`'s per-worker datasets
+    (endless, so every worker runs the same number of steps), the validation loss every `validation_freq`
+    epochs, the callbacks at the same points as Keras calls them. A stop asked by any worker's callback
+    (time budget, NaN loss) stops every worker after the same step (`most`: `agreement(strategy)`)."""
+    step = make_train_step(model, strategy, clipnorm)
+    iterator = iter(strategy.distribute_datasets_from_function(batches_fn))
+    hooks = keras.callbacks.CallbackList(callbacks, model=model, verbose=verbose, epochs=epochs, steps=steps)
+
+    def stop_agreed() -> bool:
+        model.stop_training = most(float(model.stop_training)) > 0
+        return model.stop_training
+
+    model.stop_training = False
+    hooks.on_train_begin()
+    logs: dict = {}
+    for epoch in range(initial_epoch, epochs):
+        hooks.on_epoch_begin(epoch)
+        total = 0.0
+        for batch in range(steps):
+            hooks.on_train_batch_begin(batch)
+            total += float(step(iterator))
+            logs = {"loss": total / (batch + 1)}
+            hooks.on_train_batch_end(batch, logs)
+            if stop_agreed():
+                break
+        if (epoch + 1) % validation_freq == 0:
+            logs["val_loss"] = validation_loss(model, validation)
+        hooks.on_epoch_end(epoch, logs)
+        if stop_agreed():
+            break
+    hooks.on_train_end(logs)
