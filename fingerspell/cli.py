@@ -158,7 +158,9 @@ def _add_no_progress(p: argparse.ArgumentParser) -> None:
 
 def _location(text: str) -> Path | str:
     """A local path, or a URL kept as text (gs://, s3://: `Path` would collapse the //)."""
-    return text if "://" in text else Path(text)
+    from fingerspell.data.convert import is_url
+
+    return text if is_url(text) else Path(text)
 
 
 def add_preprocess(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """A remote-like Beam filesystem for tests: `fake://PATH` is `$FINGERSPELL_FAKEFS_ROOT/PATH` on local disk.
 
 Only Beam's FileSystems reach it (`os` and `pathlib` calls on a fake:// path fail, as on
-gs://), so a test through it exercises the Beam engine's remote-path code offline. Beam 2.77
+gs://), so a test through it exercises the Beam engine's remote-path code offline. Like
+GCS, opening a missing file raises an exception that is not an OSError. Beam 2.77
 has no in-memory filesystem any more; defining this subclass registers the scheme.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import posixpath
 
 from apache_beam.io.filesystem import BeamIOError, FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
+from apache_beam.runners.runner import PipelineRunner
 
 SCHEME = "fake://"
 ROOT_ENV = "FINGERSPELL_FAKEFS_ROOT"
@@ -23,6 +25,10 @@ def _local(path: str) -> str:
 
 def _remote(path: str) -> str:
     return SCHEME + os.path.relpath(path, os.environ[ROOT_ENV])
+
+
+class NotFound(Exception):
+    """Like google.cloud.exceptions.NotFound, what GCS raises for a missing object: not an OSError."""
 
 
 class FakeRemoteFileSystem(LocalFileSystem):
@@ -51,6 +57,8 @@ class FakeRemoteFileSystem(LocalFileSystem):
         return super().create(_local(path), *args, **kwargs)
 
     def open(self, path, *args, **kwargs):
+        if not os.path.exists(_local(path)):  # as GCS does: its client's NotFound, which is no OSError
+            raise NotFound(f"404 GET {path}: No such object")
         return super().open(_local(path), *args, **kwargs)
 
     def copy(self, source_file_names, destination_file_names):
@@ -81,3 +89,14 @@ class FakeRemoteFileSystem(LocalFileSystem):
             raise BeamIOError("Delete operation failed", missing)
         for path in paths:
             os.remove(_local(path))
+
+
+class PretendRemoteRunner(PipelineRunner):
+    """`--runner=tests.beam_fakefs.PretendRemoteRunner`: a runner the Beam engine cannot tell from a remote one
+    (not a local runner: worker wheel staged, remote paths required, no local worker count), that runs the
+    pipeline in this process with FnApiRunner."""
+
+    def run_pipeline(self, pipeline, options):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner().run_pipeline(pipeline, options)

@@ -138,6 +138,92 @@ def test_remote_paths_go_through_beams_filesystems(data, tmp_path, monkeypatch):
     assert again["run"]["files_reused"] == 1 and not (out / "train" / "402.tfrecord").exists()
     assert not (out / "train" / "402.json").exists() and (out / "train" / "401.tfrecord").exists()
 
+    # A shard without its JSON (a worker preempted between the two uploads): opening the missing JSON
+    # raises GCS's NotFound, no OSError; the file is redone, not the run stopped.
+    (out / "train" / "401.json").unlink()
+    third = beam_engine.preprocess_beam(config, IN_PROCESS)
+    assert third["run"]["files_reused"] == 0 and (out / "train" / "401.json").exists()
+    assert shards(out) == {"train/401.tfrecord": shards(tmp_path / "local")["train/401.tfrecord"]}
+
+
+@pytest.mark.slow  # two in-process Beam runs, one of them through the CLI (~4 s)
+def test_a_pipeline_that_fails_midway_exits_2_and_the_rerun_converts_only_the_rest(tmp_path, monkeypatch, capsys):
+    from fingerspell import cli
+    from tests import beam_fakefs
+
+    monkeypatch.setenv(beam_fakefs.ROOT_ENV, str(tmp_path))
+    write_kaggle_dataset(tmp_path / "data", {i: FILES[i] for i in (401, 402)})
+    convert_file, calls = beam_engine.convert_file, []
+
+    def dies_after_one_file(task):  # a worker lost midway: the exception escapes the DoFn
+        calls.append(task.file_id)
+        if len(calls) > 1:
+            raise RuntimeError("worker lost")
+        return convert_file(task)
+
+    monkeypatch.setattr(beam_engine, "convert_file", dies_after_one_file)
+    args = ["preprocess", "--no-progress", "--data-dir", "fake://data", "--out", "fake://out", "--engine", "beam"]
+    assert cli.main([*args, "--", *IN_PROCESS]) == 2  # not 1 (partial failure: the rest was done)
+    err = capsys.readouterr().err
+    assert "error: Beam pipeline failed (RuntimeError: worker lost" in err and "re-run" in err, err
+    assert "Traceback" not in err, err
+    out = tmp_path / "out"
+    finished = calls[0]
+    assert not (out / "manifest.json").exists() and not list(out.rglob(".tmp-*"))
+    assert {p.name for p in (out / "train").iterdir()} == {f"{finished}.tfrecord", f"{finished}.json"}
+
+    monkeypatch.setattr(beam_engine, "convert_file", convert_file)
+    again = beam_engine.preprocess_beam(PreprocessConfig("fake://data", "fake://out", progress=False), IN_PROCESS)
+    assert again["run"]["files_reused"] == 1 and not again["errors"]
+    assert [f["file_id"] for f in again["files"] if f["reused"]] == [finished]
+    local = preprocess(PreprocessConfig(tmp_path / "data", tmp_path / "local", workers=1, progress=False))
+    assert shards(out) == shards(tmp_path / "local")
+    assert comparable(again, prefix="fake://data/")["kept"] == local["kept"]
+
+
+@pytest.mark.slow  # one in-process Beam run (~1 s)
+def test_a_remote_runner_reads_no_footers_and_gets_the_worker_wheel(data, tmp_path, monkeypatch, caplog):
+    from tests import beam_fakefs
+
+    monkeypatch.setenv(beam_fakefs.ROOT_ENV, str(tmp_path))
+
+    def no_footers(*args, **kwargs):
+        raise AssertionError("default_workers read footers for a remote runner")
+
+    monkeypatch.setattr(beam_engine.convert, "default_workers", no_footers)
+    config = PreprocessConfig("fake://data", "fake://remote", workers=3, progress=False)
+    import pyarrow as pa
+
+    threads = pa.cpu_count(), pa.io_thread_count()
+    try:
+        with caplog.at_level("INFO", logger="fingerspell"):
+            manifest = beam_engine.preprocess_beam(config, ["--runner=tests.beam_fakefs.PretendRemoteRunner"])
+        assert pa.cpu_count() == 1  # remote workers: one pyarrow thread per SDK process
+    finally:  # the workers ran in this process
+        pa.set_cpu_count(threads[0])
+        pa.set_io_thread_count(threads[1])
+    assert manifest["settings"]["workers"] is None and manifest["run"]["runner"] == "PretendRemoteRunner"
+    assert "--workers sets FnApiRunner's worker processes" in caplog.text
+    assert "staging fingerspell's code for the PretendRemoteRunner workers" in caplog.text
+    local = preprocess(PreprocessConfig(data, tmp_path / "local", workers=1, progress=False))
+    assert shards(tmp_path / "remote") == shards(tmp_path / "local")
+    assert comparable(manifest, prefix="fake://data/") == comparable(local, prefix=f"{data}/")
+
+
+@pytest.mark.parametrize("runner", ["--runner=DataflowRunner", "--runner=dataflow",
+                                    "--runner=tests.beam_fakefs.PretendRemoteRunner"])
+@pytest.mark.parametrize("local_side", ["data", "out"])
+def test_a_remote_runner_is_refused_local_paths_before_anything_is_touched(runner, local_side, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    config = (PreprocessConfig(tmp_path, "gs://bucket/out") if local_side == "data"
+              else PreprocessConfig("gs://bucket/data", out))
+    flag = "--data-dir" if local_side == "data" else "--out"
+    with pytest.raises(PreprocessError, match=f"{flag} .* is a local path, but .*Runner runs its workers on other"):
+        beam_engine.preprocess_beam(config, [runner, "--project=p"])
+    assert (out / "manifest.json").read_text() == "{}"
+
 
 def test_a_missing_remote_csv_is_named_by_its_remote_path(tmp_path, monkeypatch):
     from tests import beam_fakefs
@@ -161,6 +247,108 @@ def test_pipeline_options_default_to_local_worker_processes():
     assert (runner, workers) == ("FnApiRunner", 5)  # the user's options win
     _, runner, workers = beam_engine.pipeline_options(["--runner=DataflowRunner", "--project=p"], 3)
     assert (runner, workers) == ("DataflowRunner", None)
+    # A named FnApiRunner gets the same defaults; Beam's aliases are resolved as Beam resolves them.
+    options, runner, workers = beam_engine.pipeline_options(["--runner=FnApiRunner"], 4)
+    assert (runner, workers) == ("FnApiRunner", 4)
+    assert options.get_all_options()["direct_running_mode"] == "multi_processing"
+    assert beam_engine.pipeline_options(["--runner=direct"], 3)[1:] == ("DirectRunner", 3)
+    assert beam_engine.runner_name(["--runner=dataflow"]) == "DataflowRunner"
+    dotted = "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+    assert beam_engine.runner_name([dotted]) == "FnApiRunner"
+    assert beam_engine.runner_name([]) == "FnApiRunner"
+
+
+def _task(tmp_path: Path, file_id: int, out_dir: str | None = None):
+    from fingerspell.data.convert import FileTask
+    import numpy as np
+
+    out = out_dir or str(tmp_path)
+    return FileTask(split="train", file_id=file_id, parquet=f"gs://b/{file_id}.parquet",
+                    sequence_ids=np.array([1, 2], np.int64), participant_ids=np.array([7, 7], np.int64),
+                    phrases=["ab", "cd"], factor=2.0, shard=f"{out}/train/{file_id}.tfrecord",
+                    info=f"{out}/train/{file_id}.json", out_dir=out)
+
+
+def test_results_are_checked_against_the_files_sent(tmp_path):
+    (tmp_path / "train").mkdir()
+    todo = [_task(tmp_path, i) for i in (1, 2, 3)]
+    for path in (todo[2].shard, todo[2].info):
+        Path(path).write_text("from an attempt that left no result")
+    done = {"split": "train", "file_id": 1, "error": None}
+    results = beam_engine.reconcile(todo, [done, {"split": "train", "file_id": 2, "error": None}, dict(done)])
+    assert [r["file_id"] for r in results] == [1, 2, 3]  # a duplicate counts once
+    assert "no result from the Beam pipeline" in results[2]["error"] and results[2]["dropped"]["file_error"] == 2
+    assert not Path(todo[2].shard).exists() and not Path(todo[2].info).exists()
+
+
+def test_deleting_a_file_that_is_already_gone_is_no_error(tmp_path, monkeypatch):
+    from tests import beam_fakefs
+
+    monkeypatch.setenv(beam_fakefs.ROOT_ENV, str(tmp_path))
+    (tmp_path / "x").write_text("x")
+    beam_engine._delete(["fake://x", "fake://x", "fake://never-there", str(tmp_path / "missing")])
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(OSError, match="fake://missing.json: NotFound"):  # what reusable_result expects
+        beam_engine._read_text("fake://missing.json")
+
+
+def test_a_failed_remote_file_never_touches_a_local_path_of_the_same_name(tmp_path, monkeypatch):
+    from fingerspell.data import convert
+
+    monkeypatch.chdir(tmp_path)
+    lookalike = tmp_path / "gs:" / "b" / "out" / "train" / "5.tfrecord"  # what os.unlink("gs://b/out/...") hits
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_text("not ours")
+    result = convert._failed_result(_task(tmp_path, 5, "gs://b/out"), "failed")
+    assert result["error"] and lookalike.exists()
+
+
+def test_tasks_reach_the_workers_without_numpy_pickles(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    task = _task(tmp_path, 1)
+    shipped = beam_engine._portable(task)
+    assert b"numpy" not in pickle.dumps(shipped)
+    restored = beam_engine._restored(pickle.loads(pickle.dumps(shipped)))
+    assert restored.sequence_ids.dtype == np.int64 and restored.sequence_ids.tolist() == [1, 2]
+    assert restored.participant_ids.tolist() == [7, 7]
+
+
+class _SubmittedJob:
+    def __init__(self):
+        self.cancelled = False
+
+    def job_id(self):
+        return "2026-01-01_job"
+
+    def wait_until_finish(self):
+        raise KeyboardInterrupt
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_a_submitted_job_is_named_and_cancelled_on_ctrl_c(caplog):
+    options = beam_engine.PipelineOptions(["--runner=DataflowRunner", "--project=p", "--region=europe-west1"])
+    job = _SubmittedJob()
+    with caplog.at_level("INFO", logger="fingerspell"):
+        beam_engine._announce(job, "DataflowRunner", options)
+        with pytest.raises(KeyboardInterrupt):
+            beam_engine.wait_for(job, "DataflowRunner", options)
+    assert job.cancelled
+    assert "DataflowRunner job 2026-01-01_job submitted" in caplog.text
+    assert "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-01-01_job?project=p" in caplog.text
+    assert "interrupted: cancelled DataflowRunner job 2026-01-01_job" in caplog.text
+
+    def refuses():
+        raise RuntimeError("no permission")
+
+    job.cancel = refuses
+    with pytest.raises(KeyboardInterrupt):
+        beam_engine.wait_for(job, "DataflowRunner", options)
+    assert "gcloud dataflow jobs cancel 2026-01-01_job --region=europe-west1 --project=p" in caplog.text
 
 
 def test_worker_wheel_holds_the_code_and_declares_no_dependencies(tmp_path):

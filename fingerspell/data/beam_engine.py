@@ -6,23 +6,27 @@ Why it is shaped this way:
   pipeline element per file, converted by `convert.process_file` itself (never a copy of
   it), so both engines write the same bytes. Beam decides where each file runs: worker
   processes of the local FnApiRunner, or Dataflow, Flink and Spark workers.
-- The launching process alone keeps the books, with the local engine's functions: it
-  takes the lock (local OUT), removes stale temporaries, decides which files an earlier
-  run finished (`convert.start_run`), and writes `manifest.json` with `convert._summarize`
-  from the per-file results. The pipeline's last step writes those results as one JSON
-  file under OUT for it to read; Beam counters are for monitoring only (a runner may
-  drop them or count a retried bundle twice).
-- Remote paths (gs://, s3://, hdfs://: whatever Beam's FileSystems reach): a worker copies
-  the parquet file to local disk, runs `process_file` into a local staging folder, then
-  uploads the shard and its JSON under temporary names and renames them, shard first, so
-  a half-written shard never has the final name and a JSON never describes a shard that
-  is not there. Local paths keep the local engine's atomic writes. An object store has no
-  lock: one run at a time per remote OUT is the user's business.
+- The launching process alone keeps the books, through `convert.run` as the local engine
+  does: it takes the lock (local OUT), removes stale temporaries, decides which files an
+  earlier run finished, and writes `manifest.json` from the per-file results. The
+  pipeline's last step writes those results as one JSON file under OUT for it to read,
+  checked against the files it sent (a file without a result counts as failed); Beam
+  counters are for monitoring only (a runner may drop them or count a retried bundle twice).
+- Remote paths (gs://, s3://, hdfs://: whatever Beam's FileSystems reach): a worker reads
+  the parquet file through `FileSystems.open` (pyarrow fetches the footer and the selected
+  columns' byte ranges, not the whole file), runs `process_file` into a local staging
+  folder, then uploads the shard and its JSON under temporary names and renames them,
+  shard first, so a half-written shard never has the final name and a JSON never describes
+  a shard that is not there. Local paths keep the local engine's atomic writes. An object
+  store has no lock: one run at a time per remote OUT is the user's business. A runner
+  whose workers run elsewhere (Dataflow, Flink, Spark) is refused local paths before
+  anything is touched.
 - Remote workers need fingerspell's code but none of its dependencies (the SDK container
   has numpy, pyarrow and google-crc32c; the base install's protobuf < 5 would break
   apache-beam[gcp]). Beam's workers `pip install` a staged package with its dependencies,
   so for a remote runner the launcher stages `worker_wheel()`: the imported package in a
-  wheel that declares none.
+  wheel that declares none. What the launcher pickles for them holds no numpy object (the
+  tasks' id arrays travel as lists), so its numpy version need not match the container's.
 """
 from __future__ import annotations
 
@@ -36,17 +40,23 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+import numpy as np
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
+from apache_beam.runners.runner import PipelineState
 
 import fingerspell
 from fingerspell import files
@@ -56,14 +66,18 @@ from fingerspell.data.metadata import SPLIT_SOURCES, Metadata, MetadataError, sp
 
 _log = logging.getLogger(__name__)
 
-#: Runners that run the workers on this machine; any other gets `worker_wheel()` staged.
+#: Runners that run the workers on this machine; any other gets `worker_wheel()` staged and remote paths only.
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
-                 "PrismRunner", "InteractiveRunner")
+                 "PrismRunner", "InteractiveRunner", "TestDirectRunner")
+#: Local runners that run (or fall back to) FnApiRunner, whose worker processes `--workers` sets.
+FN_API_RUNNERS = ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner")
+DEFAULT_RUNNER = "FnApiRunner"
 #: Options that already tell remote workers how to get fingerspell.
 _SHIPPING_OPTIONS = ("setup_file", "extra_package", "extra_packages", "sdk_container_image",
                      "worker_harness_container_image")
 _RAW = CompressionTypes.UNCOMPRESSED  # never guess a compression from a file name
 _COPY_CHUNK = 8 << 20
+RERUN_HINT = "finished files are kept; re-run the same command to continue"
 
 
 # --- files through Beam's filesystems ----------------------------------------------------------
@@ -83,21 +97,37 @@ def _is_file(path: str) -> bool:
 
 
 def _read_text(path: str) -> str:
+    """The file's text; OSError when it cannot be read, whatever the filesystem raised (GCS: NotFound, Forbidden)."""
     if not is_url(path):
         return convert._read_text(path)
-    with FileSystems.open(path, compression_type=_RAW) as f:
-        return f.read().decode("utf-8")
+    try:
+        with FileSystems.open(path, compression_type=_RAW) as f:
+            return f.read().decode("utf-8")
+    except OSError:
+        raise
+    except Exception as e:
+        raise OSError(f"{path}: {type(e).__name__}: {e}") from e
+
+
+def _open_input(path: str) -> BinaryIO:
+    """A remote parquet file as a seekable stream, for pyarrow's column-projected read; FileNotFoundError if missing."""
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(path)
+    return FileSystems.open(path, compression_type=_RAW)
 
 
 def _delete(paths: Sequence[str]) -> None:
-    """Delete what exists of `paths` (remote or local)."""
+    """Delete what exists of `paths` (remote or local); one that is already gone (a concurrent attempt) is fine."""
     for path in paths:
-        if is_url(path):
-            if FileSystems.exists(path):
-                FileSystems.delete([path])
-        else:
+        if not is_url(path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            continue
+        try:
+            FileSystems.delete([path])
+        except BeamIOError:
+            if FileSystems.exists(path):
+                raise
 
 
 def _temporary_name(path: str) -> str:
@@ -141,8 +171,7 @@ def _clean_temporaries(out_dir: str | Path) -> int:
         return files.clean_temporaries(out_dir)
     patterns = [f"{out_dir}/{files.TEMP_PREFIX}*", f"{out_dir}/*/{files.TEMP_PREFIX}*"]
     stale = [m.path for found in FileSystems.match(patterns) for m in found.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
+    _delete(stale)
     return len(stale)
 
 
@@ -153,25 +182,58 @@ def _remove_manifest(out_dir: str | Path) -> None:
         convert._invalidate_manifest(Path(out_dir))
 
 
-#: What `convert.start_run` uses to look at inputs and earlier outputs, local or remote.
-STORAGE = convert.Storage(stat=_stat, is_file=_is_file, read_text=_read_text,
-                          clean_temporaries=_clean_temporaries, remove_manifest=_remove_manifest)
+def load_splits(data_dir: str, split: str) -> dict[str, Metadata]:
+    """The metadata CSVs, read from a local folder or (a local copy of) a remote one; parquet paths stay remote."""
+    if not is_url(data_dir):
+        return convert.load_splits(Path(data_dir), split)
+    with tempfile.TemporaryDirectory(prefix="fingerspell-") as tmp:
+        with contextlib.suppress(MetadataError):  # a bad --split is reported by load_splits below
+            for name in {SPLIT_SOURCES[s][0] for s in splits_of(split)}:
+                if FileSystems.exists(f"{data_dir}/{name}"):
+                    _download(f"{data_dir}/{name}", os.path.join(tmp, name))
+        try:
+            metadata = convert.load_splits(Path(tmp), split)
+        except PreprocessError as e:  # name the remote CSV, not the local copy
+            raise PreprocessError(str(e).replace(tmp, data_dir)) from None
+        for meta in metadata.values():
+            meta.csv_path = meta.csv_path.replace(tmp, data_dir, 1)
+            meta.parquets = [f"{data_dir}/{os.path.relpath(p, tmp)}" for p in meta.parquets]
+    return metadata
+
+
+def _write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    write_bytes(f"{out_dir}/{records.MANIFEST_NAME}", (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+#: How `convert.run` reads the CSVs, looks at inputs and earlier outputs and writes the manifest, local or remote.
+STORAGE = convert.Storage(stat=_stat, is_file=_is_file, read_text=_read_text, clean_temporaries=_clean_temporaries,
+                          remove_manifest=_remove_manifest, load_splits=load_splits, write_manifest=_write_manifest)
 
 
 # --- one file, on a worker ----------------------------------------------------------------------
 
+def _portable(task: FileTask) -> FileTask:
+    """The task as the launcher ships it: the id arrays as lists, so no numpy pickle (which a worker's
+    older numpy may not load) travels to the workers."""
+    return dataclasses.replace(task, sequence_ids=task.sequence_ids.tolist(),
+                               participant_ids=task.participant_ids.tolist())
+
+
+def _restored(task: FileTask) -> FileTask:
+    """`_portable`'s inverse, on the worker."""
+    if isinstance(task.sequence_ids, np.ndarray):
+        return task
+    return dataclasses.replace(task, sequence_ids=np.asarray(task.sequence_ids, dtype=np.int64),
+                               participant_ids=np.asarray(task.participant_ids, dtype=np.int64))
+
+
 def _staged(task: FileTask, tmp: Path) -> FileTask:
-    """The task with a remote input copied to `tmp` and remote outputs written under `tmp` first."""
-    staged = dataclasses.replace(task)
-    if is_url(task.parquet):
-        staged.source = str(tmp / "input.parquet")
-        if FileSystems.exists(task.parquet):  # a missing file stays missing: process_file reports it
-            _download(task.parquet, staged.source)
-    if is_url(task.out_dir):
-        staged.out_dir = str(tmp / "out")
-        staged.shard = os.path.join(staged.out_dir, task.split, task.shard.rsplit("/", 1)[1])
-        staged.info = os.path.join(staged.out_dir, task.split, task.info.rsplit("/", 1)[1])
-    return staged
+    """The task with its remote outputs written under `tmp` first."""
+    out_dir = str(tmp / "out")
+    return dataclasses.replace(
+        task, out_dir=out_dir,
+        shard=os.path.join(out_dir, task.split, task.shard.rsplit("/", 1)[1]),
+        info=os.path.join(out_dir, task.split, task.info.rsplit("/", 1)[1]))
 
 
 def _publish(task: FileTask, staged: FileTask, result: dict[str, Any]) -> None:
@@ -184,21 +246,29 @@ def _publish(task: FileTask, staged: FileTask, result: dict[str, Any]) -> None:
     _upload(staged.info, task.info)
 
 
-def convert_file(task: FileTask) -> dict[str, Any]:
-    """One file, by the local engine's `process_file`; remote inputs and outputs pass through local disk."""
+def _convert_remote(task: FileTask) -> dict[str, Any]:
+    """`process_file` with a remote input read through Beam's filesystems and remote outputs staged on local disk."""
+    open_file = _open_input if is_url(task.parquet) else None
+    if not is_url(task.out_dir):
+        return convert.process_file(task, open_file)
     try:
-        if not (is_url(task.parquet) or is_url(task.out_dir)):
-            return convert.process_file(task)
         with tempfile.TemporaryDirectory(prefix="fingerspell-") as tmp:
             staged = _staged(task, Path(tmp))
-            result = convert.process_file(staged)
-            if is_url(task.out_dir):
-                _publish(task, staged, result)
+            result = convert.process_file(staged, open_file)
+            _publish(task, staged, result)
             return result
-    except Exception as e:  # e.g. disk full or a network error: report it, keep the others
+    except BaseException:  # the file is reported failed: leave none of its outputs
         with contextlib.suppress(Exception):
             _delete([task.info, task.shard])
-        return convert._failed_result(task, f"failed ({type(e).__name__}: {e})")
+        raise
+
+
+def convert_file(task: FileTask) -> dict[str, Any]:
+    """One file, by the local engine's `process_file`; an unexpected error (disk full, network) is the file's error."""
+    task = _restored(task)
+    if not (is_url(task.parquet) or is_url(task.out_dir)):
+        return convert.process_or_fail(task)
+    return convert.process_or_fail(task, _convert_remote)
 
 
 class ConvertFile(beam.DoFn):
@@ -224,29 +294,60 @@ def _write_results(results: list[dict[str, Any]], path: str) -> None:
     write_bytes(path, json.dumps(results).encode())
 
 
+def reconcile(todo: Sequence[FileTask], results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per file sent, in `todo` order: a duplicate (a retried attempt whose output a runner
+    kept) counts once, a file without a result counts as failed and loses its outputs."""
+    by_file = {(r["split"], r["file_id"]): r for r in results}
+    reconciled = []
+    for task in todo:
+        result = by_file.get((task.split, task.file_id))
+        if result is None:
+            _log.warning("%s: the Beam pipeline returned no result for this file; counted as failed", task.parquet)
+            with contextlib.suppress(Exception):
+                _delete([task.info, task.shard])
+            result = convert._failed_result(task, "no result from the Beam pipeline (re-run to convert it)")
+        reconciled.append(result)
+    return reconciled
+
+
 # --- the launching process ----------------------------------------------------------------------
 
 def _given(args: Sequence[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
-def pipeline_options(beam_args: Sequence[str], workers: int) -> tuple[PipelineOptions, str, int | None]:
+def runner_name(beam_args: Sequence[str]) -> str:
+    """The runner the options name, as Beam resolves it (`direct` -> DirectRunner, `dataflow` -> DataflowRunner,
+    a dotted class path -> its class name); FnApiRunner when none is named."""
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    if runner is None:
+        return DEFAULT_RUNNER
+    if not isinstance(runner, str):
+        return type(runner).__name__
+    known = {path.rsplit(".", 1)[-1].lower(): path.rsplit(".", 1)[-1] for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    name = runner.lower()
+    return known.get(name, known.get(f"{name}runner", runner.rsplit(".", 1)[-1]))
+
+
+def pipeline_options(beam_args: Sequence[str], workers: int | None) -> tuple[PipelineOptions, str, int | None]:
     """(options, runner name, local worker processes or None): the user's options, plus local defaults.
 
-    With no `--runner`, FnApiRunner runs `workers` processes (Beam's DirectRunner would first
-    try to download a runner binary, which fails or stalls offline).
+    With no `--runner`, FnApiRunner (Beam's DirectRunner would first try to download a runner
+    binary, which fails or stalls offline). A runner that runs FnApiRunner gets `workers`
+    processes unless the options say otherwise.
     """
     args = list(beam_args)
+    runner = runner_name(args)
     if not _given(args, "runner"):
-        args.append("--runner=FnApiRunner")
+        args.append(f"--runner={DEFAULT_RUNNER}")
+    if runner in FN_API_RUNNERS and workers:
         for name, value in (("direct_num_workers", workers), ("direct_running_mode", "multi_processing")):
             if not _given(args, name):
                 args.append(f"--{name}={value}")
     options = PipelineOptions(args)
-    runner = str(options.view_as(StandardOptions).runner)
-    runner = runner.rsplit(".", 1)[-1]
-    local = runner in LOCAL_RUNNERS
-    n = options.get_all_options().get("direct_num_workers") if local else None
+    n = None
+    if runner in FN_API_RUNNERS:
+        n = options.get_all_options().get("direct_num_workers") or os.cpu_count() or 1  # 0: Beam uses the cores
     return options, runner, n
 
 
@@ -290,29 +391,6 @@ def _ship_code(options: PipelineOptions, runner: str, beam_args: Sequence[str], 
     _log.info("staging fingerspell's code for the %s workers as %s (no dependencies declared)", runner, wheel.name)
 
 
-def load_splits(data_dir: str, split: str) -> dict[str, Metadata]:
-    """The metadata CSVs, read from a local folder or (a local copy of) a remote one; parquet paths stay remote."""
-    if not is_url(data_dir):
-        return convert.load_splits(Path(data_dir), split)
-    with tempfile.TemporaryDirectory(prefix="fingerspell-") as tmp:
-        with contextlib.suppress(MetadataError):  # a bad --split is reported by load_splits below
-            for name in {SPLIT_SOURCES[s][0] for s in splits_of(split)}:
-                if FileSystems.exists(f"{data_dir}/{name}"):
-                    _download(f"{data_dir}/{name}", os.path.join(tmp, name))
-        try:
-            metadata = convert.load_splits(Path(tmp), split)
-        except PreprocessError as e:  # name the remote CSV, not the local copy
-            raise PreprocessError(str(e).replace(tmp, data_dir)) from None
-        for meta in metadata.values():
-            meta.csv_path = meta.csv_path.replace(tmp, data_dir, 1)
-            meta.parquets = [f"{data_dir}/{os.path.relpath(p, tmp)}" for p in meta.parquets]
-    return metadata
-
-
-def _location(path: str | os.PathLike) -> str:
-    return str(path).rstrip("/") if is_url(path) else str(Path(path).absolute())
-
-
 #: The local runner re-logs its workers' log lines here (their warnings are about Beam's own setup).
 _WORKER_LINES = logging.getLogger("apache_beam.runners.portability.local_job_service")
 
@@ -337,7 +415,8 @@ def _quiet_workers(log: Path) -> Iterator[None]:
         yield
     except BaseException:
         tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
-        print("\n".join(["Beam worker output (last lines):", *tail]), file=sys.stderr)
+        if tail:
+            print("\n".join(["Beam worker output (last lines):", *tail]), file=sys.stderr)
         raise
     finally:
         sys.stderr.flush()
@@ -348,60 +427,130 @@ def _quiet_workers(log: Path) -> Iterator[None]:
         _WORKER_LINES.setLevel(level)
 
 
-def _run_pipeline(todo: list[FileTask], options: PipelineOptions, results_path: str,
+def _job_id(result: Any) -> str | None:
+    job_id = getattr(result, "job_id", None)
+    try:
+        return str(job_id()) if callable(job_id) else None
+    except Exception:  # a runner without job ids
+        return None
+
+
+def _cancel_command(runner: str, job: str, options: PipelineOptions) -> str:
+    if runner == "DataflowRunner":
+        cloud = options.view_as(GoogleCloudOptions)
+        return f"gcloud dataflow jobs cancel {job} --region={cloud.region} --project={cloud.project}"
+    return f"cancel job {job} in the {runner}'s own tools"
+
+
+def _announce(result: Any, runner: str, options: PipelineOptions) -> None:
+    """Name a submitted job (Beam's own INFO lines are hidden), with its console for Dataflow."""
+    job = _job_id(result)
+    if not job:
+        return
+    _log.info("%s job %s submitted; Ctrl-C cancels it", runner, job)
+    if runner == "DataflowRunner":
+        cloud = options.view_as(GoogleCloudOptions)
+        _log.info("monitor it at https://console.cloud.google.com/dataflow/jobs/%s/%s?project=%s",
+                  cloud.region, job, cloud.project)
+
+
+def wait_for(result: Any, runner: str, options: PipelineOptions) -> None:
+    """Wait for a submitted pipeline; on Ctrl-C cancel its job (or say how to), then let the interrupt through."""
+    try:
+        state = result.wait_until_finish()
+    except KeyboardInterrupt:
+        job = _job_id(result) or "?"
+        try:
+            result.cancel()
+            _log.warning("interrupted: cancelled %s job %s (%s)", runner, job, RERUN_HINT)
+        except Exception as e:
+            _log.warning("interrupted, but the %s job %s could not be cancelled (%s: %s); it may still be "
+                         "writing to --out: %s", runner, job, type(e).__name__, e,
+                         _cancel_command(runner, job, options))
+        raise
+    if state is not None and state != PipelineState.DONE:
+        raise RuntimeError(f"the pipeline ended in state {state}")
+
+
+def _brief(e: BaseException, limit: int = 600) -> str:
+    """`Type: message`, without the worker tracebacks some runners pack into the message."""
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _run_pipeline(todo: list[FileTask], options: PipelineOptions, runner: str, results_path: str,
                   threads: int | None, workers_log: Path | None) -> list[dict[str, Any]]:
     """Run the files through Beam and return their results, read back from `results_path`."""
-    with _quiet_workers(workers_log) if workers_log else contextlib.nullcontext():
-        with beam.Pipeline(options=options) as p:
+    try:
+        with _quiet_workers(workers_log) if workers_log else contextlib.nullcontext():
+            p = beam.Pipeline(options=options)
             _ = (p
-                 | "Files" >> beam.Create(todo)
+                 | "Files" >> beam.Create([_portable(t) for t in todo])
                  | "Convert" >> beam.ParDo(ConvertFile(threads))
                  | "Collect" >> beam.combiners.ToList()
                  | "WriteResults" >> beam.Map(_write_results, results_path))
+            result = p.run()  # a local runner returns when done; a remote one once the job is submitted
+            _announce(result, runner, options)
+            wait_for(result, runner, options)
+    except Exception as e:  # a crashed worker, a failed job, a lost connection
+        _log.debug("the Beam pipeline failed", exc_info=True)
+        raise PreprocessError(f"Beam pipeline failed ({_brief(e)}): {RERUN_HINT} (-v shows more)") from None
     try:
         results = json.loads(_read_text(results_path))
     except (OSError, ValueError) as e:
         raise PreprocessError(f"the Beam pipeline finished without its results at {results_path} ({e})") from None
-    _delete([results_path])
-    if len(results) != len(todo):  # a runner that retried a step must not double-count a file
-        raise PreprocessError(f"the Beam pipeline returned {len(results)} results for {len(todo)} files")
+    with contextlib.suppress(Exception):
+        _delete([results_path])
     return results
+
+
+def _refuse_local_paths(runner: str, config: PreprocessConfig) -> None:
+    """A runner whose workers run elsewhere cannot reach this machine's disk: refuse before anything is touched."""
+    if runner in LOCAL_RUNNERS:
+        return
+    for flag, path in (("--data-dir", config.data_dir), ("--out", config.out_dir)):
+        if not is_url(path):
+            raise PreprocessError(f"{flag} {path} is a local path, but {runner} runs its workers on other machines: "
+                                  f"give paths they reach (gs://, s3://, hdfs://), or use a local runner")
 
 
 def preprocess_beam(config: PreprocessConfig, beam_args: Sequence[str] = (), quiet_workers: bool = True) -> dict[str, Any]:
     """Like `convert.preprocess`, with the files converted by a Beam pipeline; returns the manifest.
 
     `quiet_workers`: local worker processes' stderr goes to a file, shown only on failure.
+    Everything that stops the run (a failed pipeline, an unreachable bucket) is a PreprocessError.
     """
-    started = time.perf_counter()
-    data_dir, out_dir = _location(config.data_dir), _location(config.out_dir)
-    if not is_url(data_dir) and not Path(data_dir).is_dir():
-        raise PreprocessError(f"--data-dir {data_dir} is not a directory")
-    resolved = (lambda p: p if is_url(p) else str(Path(p).resolve()))
-    convert.check_settings(config, resolved(data_dir), resolved(out_dir))
-    metadata = load_splits(data_dir, config.split)
-    local_out = not is_url(out_dir)
-    if local_out:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with convert._locked(Path(out_dir)) if local_out else contextlib.nullcontext():
-        cleaned, reused, todo = convert.start_run(Path(out_dir) if local_out else out_dir, metadata, config, STORAGE)
-        local_workers = config.workers or convert.default_workers([t.parquet for t in todo])
-        options, runner, workers = pipeline_options(beam_args, local_workers)
-        if config.workers and runner not in LOCAL_RUNNERS:
-            _log.warning("--workers applies to local runs; %s sizes its workers from its own options", runner)
-        _log.info("preprocess (Beam, %s%s): %d file(s) to convert, %d finished by an earlier run",
-                  runner, f", {workers} worker processes" if workers else "", len(todo), len(reused))
-        results = []
+    runner = runner_name(beam_args)
+    local = runner in LOCAL_RUNNERS
+    _refuse_local_paths(runner, config)
+    if config.workers and runner not in FN_API_RUNNERS:
+        _log.warning("--workers sets FnApiRunner's worker processes; %s sizes its workers from its own options", runner)
+    remote_inputs = is_url(config.data_dir)
+
+    def run_files(todo: list[FileTask]) -> tuple[list[dict[str, Any]], int | None, dict[str, Any]]:
+        workers = None
+        if runner in FN_API_RUNNERS:
+            workers = config.workers or convert.default_workers(
+                [t.parquet for t in todo], _open_input if remote_inputs else None)
+        options, _, workers = pipeline_options(beam_args, workers)
+        _log.info("preprocess (Beam, %s%s): %d file(s) to convert", runner,
+                  f", {workers} worker processes" if workers else "", len(todo))
+        results: list[dict[str, Any]] = []
         if todo:
             with tempfile.TemporaryDirectory(prefix="fingerspell-beam-") as tmp:
                 _ship_code(options, runner, beam_args, Path(tmp))
-                results_path = _temporary_name(f"{out_dir}/beam-results.json")
-                threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
-                log = Path(tmp) / "workers.log" if quiet_workers and runner in LOCAL_RUNNERS else None
-                results = _run_pipeline(todo, options, results_path, threads, log)
-        config = dataclasses.replace(config, data_dir=data_dir)
-        manifest = convert._summarize(reused + results, config, {s: len(m) for s, m in metadata.items()},
-                                      workers, cleaned, time.perf_counter() - started, engine="beam")
-        manifest["run"]["runner"] = runner
-        write_bytes(f"{out_dir}/{records.MANIFEST_NAME}", (json.dumps(manifest, indent=1) + "\n").encode())
-    return manifest
+                results_path = _temporary_name(f"{convert.location(config.out_dir)}/beam-results.json")
+                # Local: the cores shared out. Remote: Dataflow runs one SDK process per vCPU, so one pyarrow
+                # thread each (pyarrow's default, all vCPUs in every process, oversubscribes them).
+                threads = convert.threads_per_worker(workers) if workers else (None if local else 1)
+                log = Path(tmp) / "workers.log" if quiet_workers and local else None
+                results = reconcile(todo, _run_pipeline(todo, options, runner, results_path, threads, log))
+        return results, workers, {"runner": runner}
+
+    try:
+        return convert.run(config, run_files, STORAGE, engine="beam")
+    except PreprocessError:
+        raise
+    except Exception as e:  # remote storage: BeamIOError, Forbidden, a lost connection
+        _log.debug("preprocess stopped", exc_info=True)
+        raise PreprocessError(f"preprocess stopped ({_brief(e)}): {RERUN_HINT} (-v shows more)") from None

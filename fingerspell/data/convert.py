@@ -33,6 +33,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -46,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -117,9 +118,6 @@ class FileTask:
     info: str  # final per-file JSON path
     out_dir: str  # OUT, for the shard path stored relative to it
     fingerprint: dict[str, Any] = field(default_factory=dict)
-    # A local copy to read instead of `parquet` (the Beam engine's copy of a gs:// file); messages,
-    # results and the fingerprint still name `parquet`.
-    source: str | None = None
 
 
 def _rows_digest(sequence_ids: np.ndarray, participant_ids: np.ndarray, phrases: list[str]) -> str:
@@ -272,20 +270,33 @@ def _float32_values(column: pa.ChunkedArray, cast: bool) -> np.ndarray:
     return column_values(column)
 
 
-def read_landmarks(path: str, name: str | None = None) -> LandmarkTable:
+#: Opens a (remote) file for reading: a seekable binary stream; FileNotFoundError when it is missing.
+Opener = Callable[[str], BinaryIO]
+
+
+def read_landmarks(path: str, open_file: Opener | None = None) -> LandmarkTable:
     """The selected columns of a landmarks file, by name, as float32, after checking its schema.
 
-    Problems name the file as `name` (default `path`): a local copy of a remote file is
-    reported under the remote name.
+    `open_file` (the Beam engine's, for gs:// and other remote paths): pyarrow reads the
+    footer and the selected columns' byte ranges through the stream it returns, never the
+    whole file.
     """
-    source, path = path, name or path
-    if not os.path.exists(source):
-        raise FileProblem(f"{path}: parquet file not found")
+    if open_file is None:
+        if not os.path.exists(path):
+            raise FileProblem(f"{path}: parquet file not found")
+        source: Any = contextlib.nullcontext(path)
+    else:
+        try:
+            source = open_file(path)
+        except FileNotFoundError:
+            raise FileProblem(f"{path}: parquet file not found") from None
     try:
-        pf = pq.ParquetFile(source)
-        layout = check_schema(path, pf.schema_arrow)
-        ids = [INDEX_COLUMN] + ([FRAME_COLUMN] if layout.has_frame else [])
-        table = pf.read(columns=ids + list(SELECTED_COLUMNS), use_threads=True)
+        with source as src:
+            # A stream: fetch the selected columns' ranges coalesced (a few large reads, not one per column chunk).
+            pf = pq.ParquetFile(src) if open_file is None else pq.ParquetFile(src, pre_buffer=True)
+            layout = check_schema(path, pf.schema_arrow)
+            ids = [INDEX_COLUMN] + ([FRAME_COLUMN] if layout.has_frame else [])
+            table = pf.read(columns=ids + list(SELECTED_COLUMNS), use_threads=True)
         cast = set(layout.cast)
         columns = [_float32_values(table.column(c), c in cast) for c in SELECTED_COLUMNS]
     except (pa.ArrowException, OSError) as e:
@@ -376,8 +387,13 @@ def _warn(result: dict[str, Any], message: str) -> None:
 
 
 def _remove_outputs(task: FileTask) -> None:
-    """A file that now fails must not leave an older shard behind to be trained on."""
+    """A file that now fails must not leave an older shard behind to be trained on.
+
+    Local outputs only: the Beam engine deletes remote ones itself (a URL is no local path).
+    """
     for path in (task.info, task.shard):
+        if is_url(path):
+            continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -437,11 +453,12 @@ def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
     result["shard"] = os.path.relpath(task.shard, task.out_dir)  # relative to OUT: the folder can move
 
 
-def process_file(task: FileTask) -> dict[str, Any]:
+def process_file(task: FileTask, open_file: Opener | None = None) -> dict[str, Any]:
     """Read, filter and write one parquet file; return its per-file result.
 
     File-level problems become `result["error"]` (all its rows counted as
-    `file_error`) rather than exceptions, so the other files still run.
+    `file_error`) rather than exceptions, so the other files still run. `open_file`:
+    how to open a remote `task.parquet` (see `read_landmarks`).
     """
     started = time.perf_counter()
     result = _empty_result(task)
@@ -450,7 +467,7 @@ def process_file(task: FileTask) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(task.info)
     try:
-        table = read_landmarks(task.source or task.parquet, task.parquet)
+        table = read_landmarks(task.parquet, open_file)
     except FileProblem as e:
         result["error"] = str(e)
         result["dropped"][FILE_ERROR] = result["csv_rows"]
@@ -474,9 +491,13 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+def _write_manifest(out_dir: Path | str, manifest: dict[str, Any]) -> None:
+    files.atomic_write_json(Path(out_dir) / records.MANIFEST_NAME, manifest, indent=1)
+
+
 @dataclass(frozen=True)
 class Storage:
-    """How a run looks at its inputs and at an earlier run's outputs before any work.
+    """How a run reads its CSVs, looks at its inputs and at an earlier run's outputs, and writes its manifest.
 
     The local disk by default; the Beam engine passes one that also reaches gs:// and
     other remote paths through Beam's filesystems. `read_text` raises OSError when it cannot.
@@ -487,6 +508,8 @@ class Storage:
     read_text: Callable[[str], str] = _read_text
     clean_temporaries: Callable[[Any], int] = files.clean_temporaries
     remove_manifest: Callable[[Any], None] = lambda out_dir: _invalidate_manifest(Path(out_dir))
+    load_splits: Callable[[Any, str], dict[str, Metadata]] = lambda data_dir, split: load_splits(Path(data_dir), split)
+    write_manifest: Callable[[Any, dict[str, Any]], None] = _write_manifest
 
 
 def reusable_result(task: FileTask, storage: Storage | None = None) -> dict[str, Any] | None:
@@ -532,6 +555,20 @@ def _failed_result(task: FileTask, message: str) -> dict[str, Any]:
     return result
 
 
+def process_or_fail(task: FileTask, process: Callable[[FileTask], dict[str, Any]] = process_file) -> dict[str, Any]:
+    """`process(task)`, with an unexpected exception (disk full, a network error) reported as the file's
+    error instead of stopping the other files."""
+    try:
+        return process(task)
+    except Exception as e:
+        return _failed_result(task, f"failed ({type(e).__name__}: {e})")
+
+
+def threads_per_worker(workers: int) -> int:
+    """pyarrow threads for each of `workers` processes on this machine: the cores shared out."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return contextlib.nullcontext(_NoBar())
@@ -551,14 +588,11 @@ def run_tasks(tasks: list[FileTask], workers: int, progress: bool) -> list[dict[
     with _progress(len(tasks), progress) as bar:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                try:
-                    results.append(process_file(task))
-                except Exception as e:  # e.g. disk full: report it, keep the others
-                    results.append(_failed_result(task, f"failed ({type(e).__name__}: {e})"))
+                results.append(process_or_fail(task))  # e.g. disk full: report it, keep the others
                 bar.update()
             return results
         n = min(workers, len(tasks))
-        threads = max(1, (os.cpu_count() or 1) // n)
+        threads = threads_per_worker(n)
         with ProcessPoolExecutor(n, mp_context=_pool_context(), initializer=_worker_init,
                                  initargs=(threads,)) as pool:
             futures: dict[Future, FileTask] = {pool.submit(process_file, t): t for t in tasks}
@@ -633,24 +667,26 @@ def _byte_width(arrow_type: pa.DataType) -> int:
         return 8
 
 
-def file_memory_need(path: str) -> int:
+def file_memory_need(path: str, open_file: Opener | None = None) -> int:
     """`worker_memory_need` of a parquet file, from its footer only (0 if unreadable: its
-    worker reports the problem)."""
+    worker reports the problem). `open_file`: how to open a remote file (see `read_landmarks`)."""
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
+        with open_file(path) if open_file else contextlib.nullcontext(path) as source:
+            pf = pq.ParquetFile(source)
+            schema = pf.schema_arrow
+            num_rows = pf.metadata.num_rows
         names = set(schema.names)
         width = sum(_byte_width(schema.field(c).type)
                     for c in (INDEX_COLUMN, FRAME_COLUMN, *SELECTED_COLUMNS) if c in names)
-        return worker_memory_need(pf.metadata.num_rows, width)
+        return worker_memory_need(num_rows, width)
     except (pa.ArrowException, OSError, KeyError):
         return 0
 
 
-def default_workers(parquets: Sequence[str]) -> int:
+def default_workers(parquets: Sequence[str], open_file: Opener | None = None) -> int:
     """Workers for these files when --workers is not given: bounded by cores, memory and files."""
     cores, available = machine.cpu_cores(), machine.available_memory()
-    largest = max((file_memory_need(p) for p in parquets), default=0)
+    largest = max((file_memory_need(p, open_file) for p in parquets), default=0)
     workers = choose_workers(cores, available, largest, len(parquets))
     if workers < min(cores, len(parquets)):
         _log.warning("using %d worker(s) instead of %d: %.1f GB of memory available, and a worker "
@@ -708,22 +744,48 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     Raises PreprocessError for problems that stop everything (bad CSV, bad
     arguments); per-file problems are reported in `manifest["errors"]`.
     """
-    started = time.perf_counter()
     if remote := [str(p) for p in (config.data_dir, config.out_dir) if is_url(p)]:
         raise PreprocessError(f"{remote[0]}: remote paths need the Beam engine (--engine beam)")
-    data_dir, out_dir = Path(config.data_dir).absolute(), Path(config.out_dir).absolute()
-    if not data_dir.is_dir():
-        raise PreprocessError(f"--data-dir {data_dir} is not a directory")
-    check_settings(config, str(data_dir.resolve()), str(out_dir.resolve()))
-    metadata = load_splits(data_dir, config.split)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out_dir):
-        cleaned, reused, todo = start_run(out_dir, metadata, config)
+
+    def run_files(todo: list[FileTask]) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
         workers = config.workers if config.workers is not None else default_workers([t.parquet for t in todo])
-        results = reused + run_tasks(todo, workers, config.progress)
-        manifest = _summarize(results, config, {s: len(m) for s, m in metadata.items()},
-                              workers, cleaned, time.perf_counter() - started)
-        files.atomic_write_json(out_dir / records.MANIFEST_NAME, manifest, indent=1)
+        return run_tasks(todo, workers, config.progress), workers, {}
+
+    return run(config, run_files)
+
+
+#: An engine's part of a run: (results of the files to do, worker processes recorded, extra `run` entries).
+RunFiles = Callable[[list[FileTask]], tuple[list[dict[str, Any]], "int | None", dict[str, Any]]]
+
+
+def location(path: str | os.PathLike) -> str:
+    """A URL as text without a trailing slash; a local path made absolute."""
+    return str(path).rstrip("/") if is_url(path) else str(Path(path).absolute())
+
+
+def run(config: PreprocessConfig, run_files: RunFiles, storage: Storage | None = None,
+        engine: str = "local") -> dict[str, Any]:
+    """What every engine does around its conversion of the files: checks, CSVs, the lock (local OUT),
+    what an earlier run finished, the manifest (written to OUT and returned)."""
+    storage = storage or Storage()
+    started = time.perf_counter()
+    data_dir, out_dir = location(config.data_dir), location(config.out_dir)
+    if not is_url(data_dir) and not Path(data_dir).is_dir():
+        raise PreprocessError(f"--data-dir {data_dir} is not a directory")
+    resolved = (lambda p: p if is_url(p) else str(Path(p).resolve()))
+    check_settings(config, resolved(data_dir), resolved(out_dir))
+    metadata = storage.load_splits(data_dir, config.split)
+    out: Path | str = out_dir if is_url(out_dir) else Path(out_dir)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
+    with _locked(out) if isinstance(out, Path) else contextlib.nullcontext():
+        cleaned, reused, todo = start_run(out, metadata, config, storage)
+        results, workers, run_info = run_files(todo)
+        manifest = _summarize(reused + results, dataclasses.replace(config, data_dir=data_dir),
+                              {s: len(m) for s, m in metadata.items()}, workers, cleaned,
+                              time.perf_counter() - started, engine)
+        manifest["run"].update(run_info)
+        storage.write_manifest(out, manifest)
     return manifest
 
 
