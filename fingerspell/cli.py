@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -247,7 +248,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
                         "sizes, cache, evaluation cadence), the model and data keys may not")
     p.add_argument("--auto-resume", action="store_true",
                    help="--resume when RUN_DIR holds a checkpoint, else start a new run: one command for training "
-                        "workers that a cluster restarts (distribute=multi_worker)")
+                        "workers that a cluster restarts (distribute=multi_worker). On resume it applies (and logs) "
+                        "what the command sets otherwise than the saved config.json, except that it never lowers "
+                        "epochs or time_budget_minutes below the saved values (a run extended by --resume stays "
+                        "extended)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (--config file, then key=value) as JSON and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; the keys are listed below")
@@ -301,7 +305,21 @@ def auto_resume_changes(args: argparse.Namespace) -> dict:
 
     saved = Config.load(args.out / "config.json").to_dict()
     wanted = (Config.load(args.config) if args.config else Config()).override(cli_overrides(args)).to_dict()
-    return {key: value for key, value in wanted.items() if saved[key] != value}
+    changes = {key: value for key, value in wanted.items() if saved[key] != value}
+    kept = {}
+    if changes.get("epochs", saved["epochs"]) < saved["epochs"]:
+        kept["epochs"] = changes.pop("epochs")
+
+    def budget(minutes):  # 0: no limit, the most
+        return math.inf if not minutes else minutes
+    if budget(changes.get("time_budget_minutes", saved["time_budget_minutes"])) < budget(saved["time_budget_minutes"]):
+        kept["time_budget_minutes"] = changes.pop("time_budget_minutes")
+    for key, value in kept.items():
+        logger.warning("--auto-resume: keeping the run's %s=%s (the command's %s=%s would lower it)", key, saved[key],
+                       key, value)
+    for key, value in changes.items():
+        logger.info("--auto-resume: %s %s -> %s", key, saved[key], value)
+    return changes
 
 
 def resolve_config(args: argparse.Namespace):

@@ -386,19 +386,28 @@ def training_records(shards: list[Path], split: dict, cfg: Config, cached: bool,
 
 # --- several workers: who reads which training records ---------------------------------------
 
+#: File sharding only while the most loaded worker has at most this many times the records of the least:
+#: every worker supplies an equal share of each global batch, so a worker with fewer records repeats them
+#: more often (oversampling its files).
+MAX_FILE_IMBALANCE = 1.2
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """How training records are divided among workers: `file` (each worker reads its own shards, balanced
     by their training records) or `data` (every worker reads all shards and keeps every n-th record,
-    when there are fewer shards with training records than workers)."""
+    when there are fewer shards with training records than workers, or the files cannot be balanced
+    within `MAX_FILE_IMBALANCE`); `why`: the reason for `data`."""
 
     by: str
     shards: list[list[Path]]  # per worker
     records: list[int]  # training records per worker
+    why: str = ""
 
     def describe(self) -> dict:
-        return {"sharding": self.by, "worker_train_records": self.records,
-                "worker_shards": [len(s) for s in self.shards]}
+        described = {"sharding": self.by, "worker_train_records": self.records,
+                     "worker_shards": [len(s) for s in self.shards]}
+        return {**described, "sharding_why": self.why} if self.why else described
 
 
 def shard_training_counts(data_dir: Path, shards: list[Path], split: dict) -> dict[Path, int]:
@@ -425,20 +434,52 @@ def shard_training_counts(data_dir: Path, shards: list[Path], split: dict) -> di
 
 
 def plan_shards(counts: dict[Path, int], workers: int) -> ShardPlan:
-    """By file when every worker can get a shard with training records (largest shards first, each to the
-    worker with the fewest records so far), else by data; the same plan on every worker."""
+    """By file when every worker can get shards with training records (largest shards first, each to the
+    worker with the fewest records so far) and the loads end within `MAX_FILE_IMBALANCE` of each other,
+    else by data; the same plan on every worker."""
     useful = sorted((p for p, n in counts.items() if n > 0), key=lambda p: (-counts[p], str(p)))
+    total = sum(counts.values())
+    by_data = [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
     if len(useful) < workers:
-        total = sum(counts.values())
-        return ShardPlan("data", [sorted(counts)] * workers,
-                         [total // workers + (1 if i < total % workers else 0) for i in range(workers)])
+        return ShardPlan("data", [sorted(counts)] * workers, by_data,
+                         f"{len(useful)} shard(s) with training records for {workers} workers")
     shares: list[list[Path]] = [[] for _ in range(workers)]
     loads = [0] * workers
     for path in useful:
         worker = loads.index(min(loads))
         shares[worker].append(path)
         loads[worker] += counts[path]
+    if max(loads) > MAX_FILE_IMBALANCE * min(loads):
+        return ShardPlan("data", [sorted(counts)] * workers, by_data,
+                         f"the shards split into loads {loads}, more than {MAX_FILE_IMBALANCE}x apart: by file, "
+                         f"a worker's records would be oversampled")
     return ShardPlan("file", [sorted(s) for s in shares], loads)
+
+
+#: A worker's shuffle and augmentation seed: the run's plus this many times its input pipeline id.
+WORKER_SEED_STRIDE = 1_000_003
+
+
+def worker_training_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int, seed: int,
+                            shuffle_buffer: int, pipeline_id: int) -> tf.data.Dataset:
+    """`training_batches` for one worker's input pipeline: its own record shuffle and augmentation.
+
+    Every worker sets the same global seed, from which the augmentation's random ops take theirs: without
+    this, every worker would draw the same random values. Pipeline 0 builds exactly what one process does;
+    pipeline i shuffles with `seed + WORKER_SEED_STRIDE * i` and builds its augmentation under that global
+    seed. (The file order, `training_records`, stays the run's on every worker: data sharding needs it.)
+    """
+    if pipeline_id == 0:
+        return training_batches(records_ds, cfg, True, batch_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    from tensorflow.python.eager import context  # the global seed, to set it back (no public getter)
+
+    own = seed + WORKER_SEED_STRIDE * pipeline_id
+    previous = context.global_seed()
+    tf.random.set_seed(own)  # the dataset's functions are traced here and keep seeds drawn from it
+    try:
+        return training_batches(records_ds, cfg, True, batch_size, seed=own, shuffle_buffer=shuffle_buffer)
+    finally:
+        tf.random.set_seed(previous)
 
 
 def worker_training_records(data: "RunData", cfg: Config, plan: ShardPlan, worker: int) -> tf.data.Dataset:

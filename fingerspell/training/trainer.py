@@ -410,7 +410,8 @@ def train(data_dir: Path, run_dir: Path, cfg: Config, callbacks: list[keras.call
     with multiworker.worker_run_dir(run_dir, place, resume=False) as out:
         new_run_dir(out, cfg)
         with run_log(out):
-            return _as_worker(_run(Path(data_dir), out, cfg, resume=False, callbacks=callbacks), run_dir, place)
+            return _as_worker(_run(Path(data_dir), out, cfg, resume=False, callbacks=callbacks, shared=run_dir),
+                              run_dir, place)
 
 
 def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
@@ -421,7 +422,8 @@ def resume(data_dir: Path, run_dir: Path, changes: dict | None = None,
     place = multiworker.placement(cfg.distribute)
     with multiworker.worker_run_dir(run_dir, place, resume=True) as out:
         with run_log(out):
-            return _as_worker(_run(Path(data_dir), out, cfg, resume=True, callbacks=callbacks), run_dir, place)
+            return _as_worker(_run(Path(data_dir), out, cfg, resume=True, callbacks=callbacks, shared=run_dir),
+                              run_dir, place)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -465,7 +467,7 @@ def run_log(run_dir: Path) -> Iterator[Path]:
         package.setLevel(level)
 
 
-def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) -> dict:
+def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks, shared: Path | None = None) -> dict:
     state = read_state(run_dir) if resume else {}
     # A resumed run draws new shuffles and augmentations instead of replaying epoch 1's.
     keras.utils.set_random_seed(cfg.seed + state.get("epoch", 0))
@@ -477,7 +479,7 @@ def _run(data_dir: Path, run_dir: Path, cfg: Config, resume: bool, callbacks) ->
     if runtime.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _fit(data_dir, run_dir, cfg, runtime, resume, state, callbacks)
+        return _fit(data_dir, run_dir, cfg, runtime, resume, state, callbacks, shared or run_dir)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # an export in this process stays float32
 
@@ -491,7 +493,8 @@ def steps_per_epoch(n_train: int, batch_size: int, per_execution: int) -> tuple[
 
 
 def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: bool, state: dict,
-         callbacks) -> dict:
+         callbacks, shared: Path) -> dict:
+    """`shared`: the run's RUN_DIR (`run_dir` is a temporary directory on a multi_worker worker not the chief)."""
     start_epoch = state.get("epoch", 0)
     try:
         data = pipeline.split_datasets(data_dir, cfg, run_dir, resume=resume)
@@ -509,7 +512,9 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
                                               shuffle_buffer=shuffle_buffer)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
     # the validation loss takes a multiple of the replica count (the score still uses every sequence).
-    n_valid_loss = n_valid - n_valid % runtime.replicas
+    # multi_worker validates on each worker's own copy of the model, not distributed: every sequence.
+    multi_worker = cfg.distribute == "multi_worker"
+    n_valid_loss = n_valid if multi_worker else n_valid - n_valid % runtime.replicas
     valid_loss_batches = pipeline.training_batches(data.valid.take(n_valid_loss), cfg, False, cfg.batch_size)
     valid_records = data.valid
     if cfg.eval_max_sequences:  # a fixed random subset, not the first files' signers
@@ -524,7 +529,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         if resume:
             restore_last(model, run_dir)
             cfg.save(run_dir / "config.json")  # the changes take effect only once the checkpoint restored
-        if multi_worker := cfg.distribute == "multi_worker":
+        if multi_worker:
             model.optimizer.build(model.trainable_variables)  # its variables, mirrored: not inside a step
     info = {"cache": "memory" if data.cached else "stream", "train_records_gb": round(data.train_bytes / 1e9, 3),
             "steps_per_epoch": steps, "steps_per_execution": 1 if multi_worker else per_execution,
@@ -533,9 +538,16 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         place = multiworker.placement(cfg.distribute)
         logger.info("task %s of %d worker(s)%s, writing %s", place.task, place.workers,
                     " (chief)" if place.chief else "", run_dir)
+        spread = multiworker.agreement_spread(runtime.strategy)
         most = multiworker.agreement(runtime.strategy)
-        multiworker.check_same_start(most, start_epoch, int(base_optimizer(model.optimizer).iterations.numpy()))
         plan = pipeline.plan_shards(pipeline.shard_training_counts(data_dir, data.shards, split), place.workers)
+        # The chief wrote RUN_DIR/config.json before this first agreement, which is the barrier after which
+        # the others read it (check_shared_run_dir: a second agreement).
+        multiworker.check_same_start(spread, start_epoch, int(base_optimizer(model.optimizer).iterations.numpy()),
+                                     {"config": cfg.to_dict(), "steps": steps, "n_train": n_train, "n_valid": n_valid,
+                                      "split": split["validation"], "plan": plan.by, "records": plan.records,
+                                      "shards": [[p.name for p in s] for s in plan.shards]})
+        multiworker.check_shared_run_dir(spread, shared)
         info.update(workers=len(plan.shards), **plan.describe())
     # Recorded once the run can go on: a refused resume leaves run.json (and config.json) as they were.
     write_run_info(run_dir, runtime, data_dir, start_epoch, resume, data=info)
@@ -563,12 +575,14 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
 
         def worker_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
             records = pipeline.worker_training_records(data, cfg, plan, context.input_pipeline_id)
-            return pipeline.training_batches(records, cfg, True, context.get_per_replica_batch_size(cfg.batch_size),
-                                             seed=cfg.seed + start_epoch, shuffle_buffer=shuffle_buffer)
+            return pipeline.worker_training_batches(records, cfg, context.get_per_replica_batch_size(cfg.batch_size),
+                                                    seed=cfg.seed + start_epoch, shuffle_buffer=shuffle_buffer,
+                                                    pipeline_id=context.input_pipeline_id)
 
         multiworker.fit(model, runtime.strategy, worker_batches, valid_loss_batches, epochs=cfg.epochs,
                         initial_epoch=start_epoch, steps=steps, validation_freq=cfg.eval_every, clipnorm=cfg.clipnorm,
-                        callbacks=callbacks, verbose=verbose, most=most)
+                        callbacks=callbacks, verbose=verbose, most=most,
+                        stop_within_epoch=bool(cfg.time_budget_minutes))
     else:
         model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=steps, validation_steps=math.ceil(n_valid_loss / cfg.batch_size), shuffle=False,
