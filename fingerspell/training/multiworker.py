@@ -123,9 +123,9 @@ def copy_run(run_dir: Path, into: Path, attempts: int = COPY_ATTEMPTS) -> None:
 
 # --- agreement between workers --------------------------------------------------------------------
 
-def agreement(strategy: tf.distribute.Strategy) -> Callable[[float], float]:
-    """`most(x)`: the largest `x` over all workers (an all-reduce: every worker must call it, in the same order)."""
-    spread = agreement_spread(strategy)
+def largest(spread: Callable[[list[float]], tuple[np.ndarray, np.ndarray]]) -> Callable[[float], float]:
+    """`most(x)`: the largest `x` over all workers, through `spread` (`agreement_spread`: every worker must
+    call it, in the same order)."""
     return lambda value: float(spread([value])[1][0])
 
 
@@ -264,7 +264,7 @@ def fit(model: FingerspellTransformer, strategy: tf.distribute.Strategy,
     """`model.fit` for this strategy: `steps` global batches per epoch from `batches_fn`'s per-worker datasets
     (endless, so every worker runs the same number of steps), the validation loss every `validation_freq`
     epochs, the callbacks at the same points as Keras calls them. A stop asked by any worker's callback
-    (time budget, NaN loss) stops every worker after the same step (`most`: `agreement(strategy)`): agreed
+    (time budget, NaN loss) stops every worker after the same step (`most`: `largest(agreement_spread(strategy))`): agreed
     after every step with `stop_within_epoch` (a time budget), else once per epoch, at its end (a stop asked
     within an epoch then takes effect there: one collective less per step)."""
     step = make_train_step(model, strategy, clipnorm)

@@ -227,7 +227,7 @@ class EpochTimer(keras.callbacks.Callback):
         self.total = total
         self.epoch_seconds = 0.0
         # With several workers, the slowest worker's epoch time: the schedule fitted to a time budget
-        # must be the same on every worker (multiworker.agreement).
+        # must be the same on every worker (multiworker.largest).
         self.agree: Callable[[float], float] = lambda seconds: seconds
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -508,12 +508,13 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly over {runtime.replicas} replicas; "
                             f"use a multiple of {runtime.replicas}")
     shuffle_buffer = min(n_train, 16384) if data.cached else 4096
-    train_batches = pipeline.training_batches(data.train, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
-                                              shuffle_buffer=shuffle_buffer)
+    multi_worker = cfg.distribute == "multi_worker"
+    if not multi_worker:  # multi_worker builds each worker's own (worker_batches below)
+        train_batches = pipeline.training_batches(data.train, cfg, True, cfg.batch_size, seed=cfg.seed + start_epoch,
+                                                  shuffle_buffer=shuffle_buffer)
     # Keras builds a distributed model from the first batch's replica shards, which must have one shape:
     # the validation loss takes a multiple of the replica count (the score still uses every sequence).
     # multi_worker validates on each worker's own copy of the model, not distributed: every sequence.
-    multi_worker = cfg.distribute == "multi_worker"
     n_valid_loss = n_valid if multi_worker else n_valid - n_valid % runtime.replicas
     valid_loss_batches = pipeline.training_batches(data.valid.take(n_valid_loss), cfg, False, cfg.batch_size)
     valid_records = data.valid
@@ -539,7 +540,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
         logger.info("task %s of %d worker(s)%s, writing %s", place.task, place.workers,
                     " (chief)" if place.chief else "", run_dir)
         spread = multiworker.agreement_spread(runtime.strategy)
-        most = multiworker.agreement(runtime.strategy)
+        most = multiworker.largest(spread)
         plan = pipeline.plan_shards(pipeline.shard_training_counts(data_dir, data.shards, split), place.workers)
         # The chief wrote RUN_DIR/config.json before this first agreement, which is the barrier after which
         # the others read it (check_shared_run_dir: a second agreement).
