@@ -559,6 +559,10 @@ def add_synth(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--supplemental-files", type=int, default=g.DEFAULT_SUPPLEMENTAL_FILES, metavar="K",
                    help="supplemental parquet files (default: %(default)s)")
+    p.add_argument("--difficulty", choices=g.DIFFICULTIES, default=g.DEFAULT_DIFFICULTY,
+                   help="hard: fast, co-articulated signing, missing-hand bursts and a resting hand "
+                        "sometimes seen, like the real recordings; easy: the slower, cleaner data of "
+                        "earlier versions, unchanged (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset files already in --out")
 
 
@@ -568,7 +572,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from fingerspell.synth.generator import check_settings, generate_dataset
 
     settings = dict(files=args.files, sequences_per_file=args.sequences_per_file, participants=args.participants,
-                    seed=args.seed, supplemental_files=args.supplemental_files)
+                    seed=args.seed, supplemental_files=args.supplemental_files, difficulty=args.difficulty)
     start = time.perf_counter()
     try:
         check_settings(settings, cli=True)
@@ -576,7 +580,8 @@ def run_synth(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(f"synth: {summary['n_train_sequences']} train + {summary['n_supplemental_sequences']} supplemental "
-          f"sequences in {args.files}+{args.supplemental_files} files, {summary['n_participants']} participants "
+          f"{summary['difficulty']} sequences in {args.files}+{args.supplemental_files} files, "
+          f"{summary['n_participants']} participants "
           f"({len(summary['left_handed_participants'])} left-handed), {summary['mean_frames']:.1f} frames/sequence, "
           f"{summary['bytes'] / 1e6:.1f} MB -> {summary['out_dir']} in {time.perf_counter() - start:.1f} s")
     return 0

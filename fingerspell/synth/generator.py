@@ -16,12 +16,29 @@ can learn from. This module writes such a dataset:
   (runs included), the other hand mostly undetected, face and pose landmarks that
   move with the head and the arms, and a few sequences with too few hand frames.
 
-Run `fingerspell synth --out DIR`; the library entry point is `generate_dataset`.
+Two difficulties, because models score ~0.99 on the easy data and far less on real
+recordings, so training choices can only be told apart on the hard one:
+
+- "easy" (the data of earlier versions, byte-for-byte): 5-12 frames a letter, each
+  letter fully formed and held, doubled letters slide well apart, mild per-signer
+  wrist orientation, the signing hand missing in a few short runs;
+- "hard" (the default), closer to the real set: 2-6 frames a letter (30 fps, fluent
+  signers), the hand often moving on after 60-100% of the way to a letter's
+  configuration (less at speed), doubled letters told apart only by a small slide or
+  bounce, each signer's own wrist pitch/yaw/roll plus per-recording variation, about
+  half of the sequences losing the signing hand in bursts (10-35% of their frames),
+  and the resting hand detected, low by the hip, in runs in some recordings. Every
+  sequence not planned as too short still shows the signing hand in more than
+  2 * len(phrase) frames, so preprocessing keeps exactly the planned ones.
+
+Phrases (1-31 characters, addresses, URLs and phone numbers) are the same for both.
+Run `fingerspell synth --out DIR [--difficulty hard|easy]`; the library entry point is
+`generate_dataset`.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -40,6 +57,8 @@ DEFAULT_SEQUENCES_PER_FILE = 250
 DEFAULT_PARTICIPANTS = 12
 DEFAULT_SEED = 42
 DEFAULT_SUPPLEMENTAL_FILES = 1
+DIFFICULTIES = ("hard", "easy")
+DEFAULT_DIFFICULTY = "hard"
 
 TRAIN_CSV, TRAIN_DIR = schema.SPLIT_FILES["train"]
 SUPPLEMENTAL_CSV, SUPPLEMENTAL_DIR = schema.SPLIT_FILES["supplemental"]
@@ -50,6 +69,22 @@ CSV_COLUMNS = schema.CSV_COLUMNS
 #: in the real data; preprocessing is expected to drop them.
 SHORT_HAND_FRACTION = 0.03
 ROW_GROUP_ROWS = 10_000  # about 64 sequences
+
+# Hard data only (easy data keeps the numbers written in its functions).
+#: Frames one letter takes: real recordings are ~30 fps and fluent signers are fast.
+HARD_LETTER_FRAMES = (2.0, 6.0)
+#: A participant's typical frames per letter, before per-recording and per-letter noise.
+_HARD_PACE = (2.8, 4.8)
+#: How much of the way to a letter's configuration the hand gets before moving on.
+HARD_REACH = (0.6, 1.0)
+#: Share of a burst sequence's frames in which the signing hand goes undetected.
+HARD_BURST_SHARE = (0.10, 0.35)
+#: Share of frames the resting hand is detected in, in the recordings where it is.
+HARD_REST_SEEN_SHARE = (0.15, 0.45)
+#: Spread (radians) of each signer's wrist pitch, yaw and roll offsets (easy data: 0.12).
+_HARD_SIGNER_TURN = (0.25, 0.30, 0.25)
+#: Spread (radians) of one recording's extra wrist turn, on top of the signer's.
+_HARD_RECORDING_TURN = 0.08
 
 _FACE, _LEFT_HAND, _POSE, _RIGHT_HAND = (name for name, _ in schema.PARTS)
 _PART_OFFSETS = schema.PART_OFFSETS
@@ -354,6 +389,13 @@ class Participant:
     other_hand_rate: float  # share of frames the other hand is detected
     jitter: float  # landmark noise, normalized image units
     style: tuple[float, ...]  # personal offsets to flexion (10) and orientation (3)
+    burst_chance: float = 0.0  # hard data: share of recordings losing the hand in bursts
+    rest_seen_chance: float = 0.0  # hard data: share of recordings showing the resting hand
+
+
+def _check_difficulty(difficulty: str, shown: str = "difficulty") -> None:
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"{shown} must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
 
 
 def left_handed_count(n_participants: int) -> int:
@@ -363,11 +405,32 @@ def left_handed_count(n_participants: int) -> int:
     return max(1, int(round(0.15 * n_participants)))
 
 
-def make_participants(n: int, rng: np.random.Generator) -> list[Participant]:
-    """`n` participants with distinct int ids, ~15% of them left-handed."""
+def make_participants(n: int, rng: np.random.Generator,
+                      difficulty: str = DEFAULT_DIFFICULTY) -> list[Participant]:
+    """`n` participants with distinct int ids, ~15% of them left-handed.
+
+    Hard participants are the easy ones of the same generator state (same ids, bodies
+    and cameras), made faster, more individual and recorded in worse conditions.
+    """
+    _check_difficulty(difficulty)
     ids = np.sort(rng.choice(max(256, 4 * n), size=n, replace=False) + 1)
     lefties = set(rng.choice(n, size=left_handed_count(n), replace=False).tolist())
-    return [_draw_participant(int(pid), i in lefties, rng) for i, pid in enumerate(ids)]
+    people = [_draw_participant(int(pid), i in lefties, rng) for i, pid in enumerate(ids)]
+    if difficulty == "hard":
+        people = [_harden(p, rng) for p in people]
+    return people
+
+
+def _harden(participant: Participant, rng: np.random.Generator) -> Participant:
+    """The same signer signing fast, with their own wrist orientation, in worse conditions."""
+    turn = rng.normal(0, _HARD_SIGNER_TURN)
+    return replace(
+        participant,
+        frames_per_char=float(rng.uniform(*_HARD_PACE)),
+        style=participant.style[:10] + tuple(float(a) for a in turn),
+        burst_chance=float(rng.uniform(0.3, 0.7)),
+        rest_seen_chance=float(rng.uniform(0.1, 0.5)),
+    )
 
 
 def _draw_participant(pid: int, left_handed: bool, rng: np.random.Generator) -> Participant:
@@ -407,6 +470,7 @@ class SequenceArrays:
     points: np.ndarray  # [T, 543, 3] float32, parts in schema.PARTS order, NaN = undetected
     hold_frames: np.ndarray  # [len(phrase)] frame at the middle of each character's hold
     dominant: str  # part name of the signing hand
+    letter_frames: np.ndarray  # [len(phrase)] frames each character took (float)
 
     @property
     def n_frames(self) -> int:
@@ -427,6 +491,7 @@ class _Timeline:
     eased: np.ndarray  # [K - 1] segment eases in and out (transitions) or is linear (paths)
     n_frames: int
     hold_frames: np.ndarray
+    letter_frames: np.ndarray  # [len(phrase)] frames given to each character
 
 
 def _char_durations(phrase: str, participant: Participant, rng: np.random.Generator) -> np.ndarray:
@@ -476,7 +541,129 @@ def _timeline(phrase: str, participant: Participant, rng: np.random.Generator) -
     times.append(float(n_frames - 1))
     values.append(rest)
     eased.append(True)
-    return _Timeline(np.asarray(times), np.stack(values), np.asarray(eased), n_frames, holds)
+    return _Timeline(np.asarray(times), np.stack(values), np.asarray(eased), n_frames, holds, dur)
+
+
+def min_visible_frames(n_chars: int) -> int:
+    """Frames with the signing hand that a sequence not meant to be dropped keeps at least.
+
+    Preprocessing keeps a sequence when more than 2 * len(phrase) frames show a hand;
+    one frame of margin on top.
+    """
+    return 2 * n_chars + 2
+
+
+def _hard_min_frames(n_chars: int) -> int:
+    """Shortest hard sequence that can lose HARD_BURST_SHARE[0] of its frames and be kept."""
+    return int(np.ceil((min_visible_frames(n_chars) + 1) / (1 - HARD_BURST_SHARE[0])))
+
+
+def _hard_char_durations(phrase: str, participant: Participant,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Frames per character, 2-6: the signer's pace times per-recording and per-letter noise."""
+    pace = participant.frames_per_char * np.exp(rng.normal(0, 0.1))
+    d = pace * np.exp(rng.normal(0, 0.22, len(phrase)))
+    d *= np.array([1.3 if c in MOTION_PATHS else 1.0 for c in phrase])
+    return np.clip(d, *HARD_LETTER_FRAMES)
+
+
+def _reach(frames: float, rng: np.random.Generator) -> float:
+    """Share of the way to a letter's configuration the hand gets: 60-100%, less when quick.
+
+    The quickest letters get at most 85% of the way; the slowest reach it fully about
+    a quarter of the time.
+    """
+    low, high = HARD_LETTER_FRAMES
+    slowness = (frames - low) / (high - low)
+    return float(min(HARD_REACH[1], rng.uniform(HARD_REACH[0], 0.85 + 0.3 * slowness)))
+
+
+def _partial_pose(reached: np.ndarray, target: np.ndarray, reach: float) -> np.ndarray:
+    """The hand configuration `reach` of the way from the pose reached last to `target`."""
+    pose = target.copy()
+    shape = slice(0, MOTION.start)
+    pose[shape] = reached[shape] + reach * (target[shape] - reached[shape])
+    return pose
+
+
+@dataclass
+class _Keyframes:
+    """Keyframes laid down in time order; `eased[k]` belongs to the segment ending at k + 1."""
+
+    times: list[float]
+    values: list[np.ndarray]
+    eased: list[bool]
+
+    def add(self, time: float, value: np.ndarray, eased: bool) -> None:
+        self.times.append(time)
+        self.values.append(value)
+        self.eased.append(eased)
+
+    def timeline(self, n_frames: int, holds: np.ndarray, letter_frames: np.ndarray) -> _Timeline:
+        return _Timeline(np.asarray(self.times), np.stack(self.values), np.asarray(self.eased),
+                         n_frames, holds, letter_frames)
+
+
+def _double_letter(keys: _Keyframes, reached: np.ndarray, rest: np.ndarray, slide: float,
+                   time: float, rng: np.random.Generator) -> float:
+    """A repeated letter, told apart only by a small slide sideways or a bounce.
+
+    Returns the sideways slide of the letter; a bounce is laid down as a keyframe.
+    """
+    if rng.random() < 0.5:
+        return slide + float(rng.uniform(0.15, 0.25))
+    bounce = reached.copy()
+    bounce[MOTION.start + 1] -= rng.uniform(0.15, 0.3)  # a small dip, palm lengths
+    bounce[FLEX] += 0.2 * (rest[FLEX] - bounce[FLEX])  # the fingers relax a little
+    keys.add(time, bounce, True)
+    return slide
+
+
+def _letter_keys(keys: _Keyframes, char: str, pose: np.ndarray, reach: float, slide: float,
+                 start: float, frames: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """One letter's keyframes: a brief hold, or its path (shrunk by `reach`).
+
+    Returns the last pose laid down and the frame at the middle of the letter.
+    """
+    moving = char in MOTION_PATHS
+    h = 0.75 if moving else rng.uniform(0.1, 0.3)
+    t0, t1 = start + (1 - h) / 2 * frames, start + (1 + h) / 2 * frames
+    phases = np.linspace(0.0, 1.0, 7 if moving else 2)
+    path = reach * _motion_offsets(char, phases)
+    for k, (t, m) in enumerate(zip(np.linspace(t0, t1, len(phases)), path)):
+        value = pose.copy()
+        value[MOTION] = m + (slide, 0.0, 0.0)
+        keys.add(float(t), value, k == 0)
+    return value, int(round((t0 + t1) / 2))
+
+
+def _hard_timeline(phrase: str, participant: Participant, rng: np.random.Generator) -> _Timeline:
+    """Keyframes of fast, co-articulated signing: each letter is reached from the pose
+    actually reached before it, often only part of the way."""
+    dur = _hard_char_durations(phrase, participant, rng)
+    lead_in, lead_out = rng.integers(3, 16, size=2)
+    starts = lead_in + np.cumsum(dur) - dur
+    n_frames = max(int(np.ceil(lead_in + dur.sum() + lead_out)), _hard_min_frames(len(phrase)))
+    rest = _instance(_REST, participant, rng)
+    rest[MOTION] = (0.6, -3.0, 0.0)  # lower and outside: the hand rises from the lap
+    recording_turn = rng.normal(0, _HARD_RECORDING_TURN, 3)
+    keys = _Keyframes([0.0], [rest], [])
+    holds = np.empty(len(phrase), dtype=np.int64)
+    reached, slide = rest, 0.0
+    for i, char in enumerate(phrase):
+        target = _instance(char, participant, rng)
+        target[ORIENT] += recording_turn
+        doubled = i > 0 and char == phrase[i - 1]
+        if doubled:
+            slide = _double_letter(keys, reached, rest, slide, float(starts[i]), rng)
+        else:
+            slide = 0.0
+        reach = _reach(float(dur[i]), rng)
+        pose = _partial_pose(reached, target, reach)
+        reached, holds[i] = _letter_keys(keys, char, pose, reach, slide, float(starts[i]),
+                                         float(dur[i]), rng)
+    keys.add(float(n_frames - 1), rest, True)
+    return keys.timeline(n_frames, holds, dur)
 
 
 def _interpolate(tl: _Timeline) -> np.ndarray:
@@ -510,12 +697,15 @@ def _signing_hand(params: np.ndarray, participant: Participant, rng: np.random.G
     return wrist[:, None, :] + participant.palm_length * local
 
 
-def _resting_hand(n: int, participant: Participant, rng: np.random.Generator) -> np.ndarray:
-    """World points [T, 21, 3] of the other hand, hanging by the hip."""
+def _resting_hand(n: int, participant: Participant, rng: np.random.Generator,
+                  shift: np.ndarray | None = None) -> np.ndarray:
+    """World points [T, 21, 3] of the other hand, hanging by the hip (moved by `shift`, metres)."""
     side = 1.0 if participant.left_handed else -1.0  # the other hand's side of the body
     p = np.array(_params_of(_REST), dtype=np.float64)
     p[ORIENT] = (0.0, 1.4, np.pi)
     wrist = np.array([side * (participant.shoulder_width / 2 + 0.04), -0.45, 0.06])
+    if shift is not None:
+        wrist = wrist + shift
     sway = 0.01 * np.sin(2 * np.pi * (np.arange(n)[:, None] / 90.0 + rng.random(3)))
     local = posed_hand(p) @ _side_matrix(not participant.left_handed).T
     return (wrist + sway)[:, None, :] + participant.palm_length * local[None]
@@ -641,6 +831,75 @@ def _signing_hand_missing(n: int, n_chars: int, participant: Participant, short_
     return missing
 
 
+def _placed_runs(n: int, count: int, n_runs: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean [n] with exactly `count` frames set, in at most `n_runs` runs at random places."""
+    mask = np.zeros(n, dtype=bool)
+    n_runs = min(n_runs, count)
+    if n_runs < 1:
+        return mask
+    cuts = np.sort(rng.choice(np.arange(1, count), size=n_runs - 1, replace=False))
+    lengths = np.diff(np.concatenate([[0], cuts, [count]]))
+    gaps_before = np.sort(rng.integers(0, n - count + 1, size=n_runs))
+    starts = gaps_before + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for start, length in zip(starts, lengths):
+        mask[start:start + length] = True
+    return mask
+
+
+def _missing_bursts(lost: np.ndarray, max_missing: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames [T] without the signing hand in a burst sequence: HARD_BURST_SHARE of them, in runs.
+
+    Frames already `lost` (hand out of frame) count towards the share; no more than
+    `max_missing` frames go missing, so the sequence keeps enough hand frames.
+    """
+    n = len(lost)
+    low, high = int(np.ceil(HARD_BURST_SHARE[0] * n)), int(HARD_BURST_SHARE[1] * n)
+    total = min(int(np.clip(round(rng.uniform(*HARD_BURST_SHARE) * n), low, high)), max_missing)
+    count = max(total - int(lost.sum()), 0)
+    n_runs = max(1, int(round(count / rng.uniform(4.0, 9.0))))
+    free = np.flatnonzero(~lost)
+    missing = lost.copy()
+    missing[free[_placed_runs(len(free), count, n_runs, rng)]] = True
+    return missing
+
+
+def _restore_frames(missing: np.ndarray, lost: np.ndarray, max_missing: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """`missing` with random frames (not `lost` ones) detected again, down to `max_missing`."""
+    excess = int(missing.sum()) - max_missing
+    restorable = np.flatnonzero(missing & ~lost)
+    if excess > 0 and len(restorable):
+        missing = missing.copy()
+        missing[rng.choice(restorable, size=min(excess, len(restorable)), replace=False)] = False
+    return missing
+
+
+def _hard_signing_hand_missing(n_chars: int, participant: Participant, short_hand: bool,
+                               burst: bool, lost: np.ndarray,
+                               rng: np.random.Generator) -> np.ndarray:
+    """Frames [T] without the signing hand in hard data, `lost` (out of frame) ones included.
+
+    Sequences not planned `short_hand` keep min_visible_frames(n_chars) hand frames.
+    """
+    n = len(lost)
+    if short_hand:
+        return _signing_hand_missing(n, n_chars, participant, True, rng) | lost
+    max_missing = n - min_visible_frames(n_chars)
+    if burst:
+        return _missing_bursts(lost, max_missing, rng)
+    missing = _signing_hand_missing(n, n_chars, participant, False, rng) | lost
+    return _restore_frames(missing, lost, max_missing, rng)
+
+
+def _hard_resting_hand_seen(n: int, participant: Participant,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Frames [T] where the resting hand is detected: in some recordings, long runs of them."""
+    if rng.random() < participant.rest_seen_chance:
+        count = int(round(rng.uniform(*HARD_REST_SEEN_SHARE) * n))
+        return _placed_runs(n, count, max(1, int(round(count / rng.uniform(6.0, 14.0)))), rng)
+    return _runs_mask(n, participant.other_hand_rate, 4.0, rng)
+
+
 def _out_of_frame(hand: np.ndarray) -> np.ndarray:
     """Frames [T] where most of a hand lies outside the image: MediaPipe cannot see it."""
     xy = hand[..., :2]
@@ -657,35 +916,76 @@ def _add_jitter(points: np.ndarray, sigma: float, rng: np.random.Generator) -> n
 
 
 def render_sequence(phrase: str, participant: Participant, rng: np.random.Generator,
-                    short_hand: bool = False) -> SequenceArrays:
+                    short_hand: bool = False, difficulty: str = DEFAULT_DIFFICULTY,
+                    missing_burst: bool = False) -> SequenceArrays:
     """Every landmark of one fingerspelled `phrase` by `participant`, as MediaPipe saw it.
 
     `short_hand` makes the signing hand visible in fewer than 2 * len(phrase) frames,
-    which the real data has and preprocessing must drop.
+    which the real data has and preprocessing must drop. `difficulty` picks the
+    signing and detection model (module docstring); draw `participant` with the same
+    one. `missing_burst` (hard only) loses the signing hand in runs covering
+    HARD_BURST_SHARE of the frames.
     """
     if not phrase:
         raise ValueError("cannot render an empty phrase")
     if bad := vocab.unknown_chars(phrase):
         raise ValueError(f"phrase {phrase!r} has characters outside the map: {sorted(bad)}")
+    _check_difficulty(difficulty)
+    if difficulty == "hard":
+        return _render_hard(phrase, participant, rng, short_hand, missing_burst)
+    if missing_burst:
+        raise ValueError("missing_burst needs difficulty='hard'")
+    return _render_easy(phrase, participant, rng, short_hand)
+
+
+def _hand_parts(participant: Participant) -> tuple[str, str]:
+    """Part names of the signing and the resting hand."""
+    return (_LEFT_HAND, _RIGHT_HAND) if participant.left_handed else (_RIGHT_HAND, _LEFT_HAND)
+
+
+def _render_easy(phrase: str, participant: Participant, rng: np.random.Generator,
+                 short_hand: bool) -> SequenceArrays:
+    """The easy data: the draws of earlier versions, in their order, for identical output."""
     tl = _timeline(phrase, participant, rng)
-    dominant, other = ((_LEFT_HAND, _RIGHT_HAND) if participant.left_handed
-                       else (_RIGHT_HAND, _LEFT_HAND))
+    dominant, other = _hand_parts(participant)
     world = _world(_interpolate(tl), dominant, other, participant, rng)
     image = _image(world, dominant, other, participant, rng)
     missing = _signing_hand_missing(tl.n_frames, len(phrase), participant, short_hand, rng)
-    image[dominant][missing | _out_of_frame(image[dominant])] = np.nan
     other_seen = _runs_mask(tl.n_frames, participant.other_hand_rate, 4.0, rng)
-    image[other][~other_seen | short_hand | _out_of_frame(image[other])] = np.nan
+    return _detected(tl, image, dominant, other, missing | _out_of_frame(image[dominant]),
+                     other_seen & (not short_hand))
+
+
+def _render_hard(phrase: str, participant: Participant, rng: np.random.Generator,
+                 short_hand: bool, missing_burst: bool) -> SequenceArrays:
+    """The hard data: fast co-articulated signing, missing-hand bursts, a resting hand seen."""
+    tl = _hard_timeline(phrase, participant, rng)
+    dominant, other = _hand_parts(participant)
+    rest_shift = rng.normal(0, [0.03, 0.04, 0.03])  # where the other hand rests this time
+    world = _world(_interpolate(tl), dominant, other, participant, rng, rest_shift)
+    image = _image(world, dominant, other, participant, rng)
+    missing = _hard_signing_hand_missing(len(phrase), participant, short_hand, missing_burst,
+                                         _out_of_frame(image[dominant]), rng)
+    other_seen = _hard_resting_hand_seen(tl.n_frames, participant, rng)
+    return _detected(tl, image, dominant, other, missing, other_seen & (not short_hand))
+
+
+def _detected(tl: _Timeline, image: dict[str, np.ndarray], dominant: str, other: str,
+              missing: np.ndarray, other_seen: np.ndarray) -> SequenceArrays:
+    """Blank the undetected hands (and the other hand out of frame) and pack every part."""
+    image[dominant][missing] = np.nan
+    image[other][~other_seen | _out_of_frame(image[other])] = np.nan
     points = np.concatenate([image[name] for name, _ in schema.PARTS], axis=1)
-    return SequenceArrays(points=points, hold_frames=tl.hold_frames, dominant=dominant)
+    return SequenceArrays(points=points, hold_frames=tl.hold_frames, dominant=dominant,
+                          letter_frames=tl.letter_frames)
 
 
 def _world(params: np.ndarray, dominant: str, other: str, participant: Participant,
-           rng: np.random.Generator) -> dict[str, np.ndarray]:
+           rng: np.random.Generator, rest_shift: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every part's points in metres around the neck, plus the head centre ("head")."""
     n = len(params)
     hands = {dominant: _signing_hand(params, participant, rng),
-             other: _resting_hand(n, participant, rng)}
+             other: _resting_hand(n, participant, rng, rest_shift)}
     head_c, head_r = _head(n, rng)
     face = head_c[:, None] + _face_template() @ np.swapaxes(head_r, 1, 2)
     pose = _pose(head_c, head_r, hands[_RIGHT_HAND], hands[_LEFT_HAND], participant)
@@ -739,6 +1039,7 @@ class _Row:
     participant: Participant
     phrase: str
     short_hand: bool
+    missing_burst: bool = False  # hard data: the signing hand is lost in bursts
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
@@ -752,10 +1053,11 @@ _MINIMUMS = {"files": 1, "sequences_per_file": 1, "participants": 1, "seed": 0,
              "supplemental_files": 0}
 
 
-def check_settings(settings: dict[str, int], cli: bool = False) -> None:
+def check_settings(settings: dict[str, int | str], cli: bool = False) -> None:
     """Reject impossible settings before anything is written.
 
-    With `cli`, errors name the command-line flags (`--sequences-per-file`).
+    With `cli`, errors name the command-line flags (`--sequences-per-file`). A missing
+    "difficulty" means the default.
     """
     for name, minimum in _MINIMUMS.items():
         shown = "--" + name.replace("_", "-") if cli else name
@@ -763,6 +1065,8 @@ def check_settings(settings: dict[str, int], cli: bool = False) -> None:
     if settings["sequences_per_file"] > 100_000:
         shown = "--sequences-per-file" if cli else "sequences_per_file"
         raise ValueError(f"{shown} must be <= 100000, got {settings['sequences_per_file']}")
+    _check_difficulty(settings.get("difficulty", DEFAULT_DIFFICULTY),
+                      "--difficulty" if cli else "difficulty")
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -782,8 +1086,12 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _plan(files: int, supplemental_files: int, per_file: int, people: list[Participant],
-          rng: np.random.Generator) -> list[list[_Row]]:
-    """Rows of every file: unique ids, participants spread evenly over all files."""
+          rng: np.random.Generator, difficulty: str) -> list[list[_Row]]:
+    """Rows of every file: unique ids, participants spread evenly over all files.
+
+    Easy plans draw exactly what earlier versions drew; hard ones then pick the
+    sequences that lose the signing hand in bursts.
+    """
     n_files = files + supplemental_files
     file_ids = np.sort(rng.choice(2**31 - 10**6, size=n_files, replace=False) + 10**6)
     seq_ids = rng.choice(2**31 - 10**6, size=n_files * per_file, replace=False) + 10**6
@@ -794,19 +1102,29 @@ def _plan(files: int, supplemental_files: int, per_file: int, people: list[Parti
         who = order[(f * per_file + np.arange(per_file)) % len(people)]
         rng.shuffle(who)
         short = set(rng.choice(per_file, size=n_short, replace=False).tolist())
-        plan.append([
+        rows = [
             _Row(int(file_ids[f]), int(seq_ids[f * per_file + k]), people[int(who[k])],
                  random_phrase(rng), k in short)
             for k in range(per_file)
-        ])
+        ]
+        plan.append(_with_bursts(rows, rng) if difficulty == "hard" else rows)
     return plan
 
 
-def _render_file(rows: list[_Row], seed: int, file_no: int) -> Iterable[tuple[int, SequenceArrays]]:
+def _with_bursts(rows: list[_Row], rng: np.random.Generator) -> list[_Row]:
+    """Mark rows for missing-hand bursts, each by its signer's chance (never the short ones)."""
+    draws = rng.random(len(rows))
+    return [replace(r, missing_burst=bool(u < r.participant.burst_chance) and not r.short_hand)
+            for r, u in zip(rows, draws)]
+
+
+def _render_file(rows: list[_Row], seed: int, file_no: int,
+                 difficulty: str) -> Iterable[tuple[int, SequenceArrays]]:
     """Render a file's sequences lazily, each from its own seed-derived generator."""
     for k, row in enumerate(rows):
         rng = np.random.default_rng([seed, file_no, k, 7])
-        yield row.sequence_id, render_sequence(row.phrase, row.participant, rng, row.short_hand)
+        yield row.sequence_id, render_sequence(row.phrase, row.participant, rng, row.short_hand,
+                                               difficulty, row.missing_burst)
 
 
 def _write_csv(path: Path, rows: Iterable[tuple[str, _Row]]) -> None:
@@ -826,27 +1144,30 @@ def generate_dataset(
     seed: int = DEFAULT_SEED,
     supplemental_files: int = DEFAULT_SUPPLEMENTAL_FILES,
     overwrite: bool = False,
+    difficulty: str = DEFAULT_DIFFICULTY,
 ) -> dict:
     """Write a Kaggle-layout synthetic dataset to `out_dir` and return a summary.
 
     `files` train parquet files and `supplemental_files` supplemental ones, each of
-    `sequences_per_file` sequences by `participants` signers. The same arguments give
-    byte-identical CSVs and identical landmark arrays.
+    `sequences_per_file` sequences by `participants` signers, at `difficulty` "hard"
+    (real-data-like) or "easy" (the data of earlier versions, unchanged). The same
+    arguments give byte-identical CSVs and identical landmark arrays.
     """
     check_settings(dict(files=files, sequences_per_file=sequences_per_file,
-                   participants=participants, seed=seed, supplemental_files=supplemental_files))
+                   participants=participants, seed=seed, supplemental_files=supplemental_files,
+                   difficulty=difficulty))
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
-    people = make_participants(participants, np.random.default_rng([seed, 1]))
+    people = make_participants(participants, np.random.default_rng([seed, 1]), difficulty)
     plan = _plan(files, supplemental_files, sequences_per_file, people,
-                 np.random.default_rng([seed, 2]))
+                 np.random.default_rng([seed, 2]), difficulty)
     written: dict[str, list[tuple[str, _Row]]] = {TRAIN_DIR: [], SUPPLEMENTAL_DIR: []}
     paths: dict[str, list[str]] = {TRAIN_DIR: [], SUPPLEMENTAL_DIR: []}
     n_frames = 0
     for file_no, rows in enumerate(plan):
         sub = TRAIN_DIR if file_no < files else SUPPLEMENTAL_DIR
         rel = f"{sub}/{rows[0].file_id}.parquet"
-        n_frames += write_landmark_file(out / rel, _render_file(rows, seed, file_no))
+        n_frames += write_landmark_file(out / rel, _render_file(rows, seed, file_no, difficulty))
         written[sub].extend((rel, r) for r in rows)
         paths[sub].append(str(out / rel))
     _write_csv(out / TRAIN_CSV, written[TRAIN_DIR])
@@ -868,6 +1189,8 @@ def generate_dataset(
         "n_participants": len(people),
         "left_handed_participants": [p.participant_id for p in people if p.left_handed],
         "short_hand_sequences": sorted(r.sequence_id for r in all_rows if r.short_hand),
+        "missing_burst_sequences": sorted(r.sequence_id for r in all_rows if r.missing_burst),
+        "difficulty": difficulty,
         "seed": seed,
         "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
     }
