@@ -50,15 +50,16 @@ def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor
 
 
 def seed_config(**changes: Any) -> Config:
-    """The seed notebook's recipe: its preprocessing, key_dim = num_hid, Adam 1e-4, no augmentation."""
+    """The seed notebook's recipe: its geometry (the `seed` preset) and preprocessing, key_dim = num_hid,
+    Adam 1e-4, no augmentation."""
     seed = dict(
-        normalization="seed", key_dim=200, learning_rate=1e-4, lr_schedule="constant",
-        warmup_epochs=0.0, weight_decay=0.0, clipnorm=0.0, aug_speed=False, aug_affine=False,
-        aug_frame_drop=False, aug_point_dropout=False, trim_padding=False,
+        preset="seed", normalization="seed", key_dim=200, learning_rate=1e-4, lr_schedule="constant",
+        warmup_epochs=0.0, weight_decay=0.0, clipnorm=0.0, trim_padding=False,
         steps_per_execution=1,  # Keras 2 model.fit called the step once per batch
     )
+    seed.update({name: 0.0 for name in Config.from_dict({"preset": "seed"}).augmentation_probabilities})
     seed.update(changes)
-    return Config(**seed).validate()
+    return Config.from_dict(seed)
 
 
 register_normalization("seed", seed_preprocess_frames, SEED_FEATURES)

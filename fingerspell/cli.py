@@ -270,6 +270,14 @@ def config_help(width: int | None = None, settings: type | None = None) -> str:
     for key, meaning in items:
         lines.append(textwrap.fill(meaning, max(width, column + 30), initial_indent=f"  {key}".ljust(column),
                                    subsequent_indent=" " * column))
+    if settings is None:
+        from fingerspell.config import PRESETS
+
+        lines.append("presets: `preset=NAME` first sets the keys it lists, then the other keys apply:")
+        for name, values in PRESETS.items():
+            listed = " ".join(f"{k}={_shown(v)}" for k, v in values.items()) or "(the defaults above)"
+            lines.append(textwrap.fill(listed, max(width, column + 30), initial_indent=f"  preset={name}".ljust(column),
+                                       subsequent_indent=" " * column))
     return "\n".join(lines)
 
 
@@ -307,7 +315,8 @@ def auto_resume_changes(args: argparse.Namespace) -> dict:
     wanted = (Config.load(args.config) if args.config else Config()).override(cli_overrides(args)).to_dict()
     changes = {key: value for key, value in wanted.items() if saved[key] != value}
     kept = {}
-    if changes.get("epochs", saved["epochs"]) < saved["epochs"]:
+    wanted_epochs = Config.from_dict({**saved, **changes}).training_epochs
+    if "epochs" in changes and wanted_epochs < Config.from_dict(saved).training_epochs:
         kept["epochs"] = changes.pop("epochs")
 
     def budget(minutes):  # 0: no limit, the most
@@ -388,6 +397,9 @@ def add_export(p: argparse.ArgumentParser) -> None:
                    help="best validation score or last epoch (default: %(default)s)")
     p.add_argument("--quantize", choices=("none", "fp16", "dynamic"), default="none",
                    help="weight quantization (default: %(default)s; fp16 halves the size)")
+    p.add_argument("--decoder", choices=("attention", "ctc", "joint"), default=None,
+                   help="greedy decoding inside the model: the attention decoder, the CTC head, or the attention "
+                        "decoder rescored by the CTC prefix score (default: the run's config `decoder`)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -397,7 +409,7 @@ def run_export(args: argparse.Namespace) -> int:
     from fingerspell.training.trainer import TrainingError
 
     try:
-        result = export_run(args.run, args.out, args.checkpoint, args.quantize)
+        result = export_run(args.run, args.out, args.checkpoint, args.quantize, args.decoder)
     except (ExportError, TrainingError, ConfigError) as err:
         return error(err)
     print(json.dumps(result, indent=2))

@@ -88,8 +88,14 @@ class Settings:
 class Config(Settings):
     """Every setting of a training run; each field's `help` is shown by `fingerspell train --help`."""
 
+    preset: str = _option("small", "named defaults applied before the other keys (see PRESETS): seed, small, "
+                                   "kaggle, large")
+
     # Frames and targets
-    frame_len: int = _option(128, "frames per sequence after resampling / padding")
+    max_frames: int = _option(384, "longest sequence the model sees: longer ones are resampled to it (nearest "
+                                   "frames), shorter ones are padded and masked, never stretched")
+    padding_mask: bool = _option(True, "mask padded frames in every layer; false -> every sequence is padded to "
+                                       "max_frames with zeros the model attends to (the seed notebook's geometry)")
     max_target_len: int = _option(64, "target tokens: `<` + phrase + `>`, padded with PAD")
     normalization: str = _option("hand", "frame preprocessing (features/frames.py); benchmarks may register others")
 
@@ -98,20 +104,29 @@ class Config(Settings):
     val_fraction: float = _option(0.1, "share of the sequences held out for validation, in whole groups")
     seed: int = _option(0, "seed of the split, shuffling, augmentation and initial weights")
 
-    # Model: defaults equal the seed notebook's sizes so comparisons are fair
-    num_hid: int = _option(200, "model width (embedding and attention)")
+    # Model
+    encoder: str = _option("conformer", '"conformer" (feed-forward, rotary self-attention, depthwise convolution, '
+                                        'feed-forward) or "transformer" (the seed notebook\'s post-norm layers)')
+    num_hid: int = _option(144, "model width (embedding and attention)")
     num_heads: int = _option(4, "attention heads")
-    ff_dim: int = _option(400, "feed-forward width of each transformer layer")
-    enc_layers: int = _option(2, "encoder layers")
+    ff_dim: int = _option(288, "feed-forward width of each encoder and decoder layer")
+    enc_layers: int = _option(4, "encoder layers")
     dec_layers: int = _option(1, "decoder layers")
-    conv_layers: int = _option(3, "strided Conv1D layers of the frame embedding")
+    conv_layers: int = _option(1, "strided Conv1D layers of the frame embedding (each subsamples time by conv_stride)")
     conv_kernel: int = _option(11, "Conv1D kernel size, in frames")
-    conv_stride: int = _option(2, "Conv1D stride; frame_len must be divisible by conv_stride**conv_layers")
+    conv_stride: int = _option(2, "Conv1D stride; max_frames must be divisible by conv_stride**conv_layers")
+    conv_module_kernel: int = _option(15, "depthwise kernel of the conformer's convolution module, in encoder "
+                                          "positions")
     key_dim: int = _option(0, "attention key size; 0 -> num_hid // num_heads (the seed uses num_hid)")
-    dropout: float = _option(0.1, "dropout rate of the transformer layers")
+    dropout: float = _option(0.1, "dropout rate of the encoder and decoder layers")
+    ctc_weight: float = _option(0.3, "weight of the CTC loss on the encoder (joint CTC/attention training): 0 -> "
+                                     "attention decoder only, 1 -> CTC only")
+    decoder: str = _option("attention", 'how validation decodes (and export by default): "attention" (greedy '
+                                        'decoder), "ctc" (greedy CTC) or "joint" (attention rescored by CTC)')
 
     # Optimisation
-    epochs: int = _option(30, "training epochs (at most: time_budget_minutes may stop earlier)")
+    epochs: int = _option(0, "training epochs; 0 -> as many as time_budget_minutes allows, or 30 without a "
+                             "budget (a budget also stops earlier than a set number of epochs)")
     batch_size: int = _option(64, "global batch: sequences per training step over all replicas and workers (each "
                                   "replica takes batch_size / replicas; never scaled by the replica count)")
     learning_rate: float = _option(1e-3, "peak learning rate for the global batch_size (never scaled by the replica "
@@ -144,18 +159,31 @@ class Config(Settings):
     show_examples_every: int = _option(5, "epochs between logged target/prediction pairs; 0 -> never")
     time_budget_minutes: float = _option(0.0, "0 -> no limit; else stop after the epoch that passes it")
 
-    # Augmentation (training only)
-    aug_speed: bool = _option(True, "temporal resampling")
-    aug_speed_min: float = _option(0.8, "slowest speed factor")
-    aug_speed_max: float = _option(1.2, "fastest speed factor")
-    aug_affine: bool = _option(True, "scale, rotation, shift")
+    # Augmentation (training only): each one applies to a sequence with its probability `*_p`
+    aug_speed_p: float = _option(0.5, "resample the whole sequence to a new speed")
+    aug_speed_min: float = _option(0.6, "slowest speed factor (the sequence gets 1/0.6 times as long)")
+    aug_speed_max: float = _option(1.6, "fastest speed factor")
+    aug_window_speed_p: float = _option(0.3, "change the speed of one window of frames only (within the speed range)")
+    aug_affine_p: float = _option(0.75, "scale, rotate, shear and shift all points about their mean")
     aug_scale: float = _option(0.15, "largest relative scale change")
     aug_rotate_degrees: float = _option(15.0, "largest rotation in the image plane")
+    aug_shear: float = _option(0.15, "largest shear factor (x by y and y by x)")
     aug_shift: float = _option(0.05, "largest shift, in normalised image units")
-    aug_frame_drop: bool = _option(True, "drop random frames, mask a random span")
-    aug_frame_drop_rate: float = _option(0.1, "share of frames dropped")
-    aug_point_dropout: bool = _option(True, "drop fingers / single points")
-    aug_point_dropout_rate: float = _option(0.05, "chance of dropping each hand point (4x for a whole finger)")
+    aug_flip_p: float = _option(0.0, "mirror left-right through the landmark symmetry map (0 by default: the "
+                                     "dominant hand is already mirrored to a right hand)")
+    aug_cutmix_p: float = _option(0.0, "splice the start of this sequence with the end of another of the same "
+                                       "signer, phrases cut at the same fraction")
+    aug_frame_drop_p: float = _option(0.5, "remove a random share of frames")
+    aug_frame_drop_rate: float = _option(0.1, "share of frames removed")
+    aug_time_mask_p: float = _option(0.3, "blank (NaN) one span of frames")
+    aug_time_mask_max: float = _option(0.1, "longest blanked span, as a share of the frames")
+    aug_point_drop_p: float = _option(0.5, "blank single hand points in every frame")
+    aug_point_drop_rate: float = _option(0.05, "chance of blanking each hand point")
+    aug_finger_drop_p: float = _option(0.3, "blank one finger in a window of frames")
+    aug_part_drop_p: float = _option(0.1, "blank a whole non-hand part (the arm pose; face parts in larger "
+                                          "landmark sets) in every frame")
+    aug_space_mask_p: float = _option(0.2, "blank the points inside one random box of the image in every frame")
+    aug_token_mask_p: float = _option(0.2, "share of decoder-input characters replaced by random characters")
 
     def __post_init__(self) -> None:
         # Configs saved before jit_compile and cache took auto/on/off hold true/false: they keep meaning on/off.
@@ -170,10 +198,23 @@ class Config(Settings):
     def attention_key_dim(self) -> int:
         return self.key_dim or self.num_hid // self.num_heads
 
+    @property
+    def subsampling(self) -> int:
+        """Frames per encoder position: the strided embedding's total stride."""
+        return self.conv_stride ** self.conv_layers
+
+    @property
+    def augmentation_probabilities(self) -> dict[str, float]:
+        """`aug_*_p` name -> probability, for every augmentation (see features/augment.py)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("aug_") and f.name.endswith("_p")}
+
     def validate(self) -> "Config":
         self.check_types()
         choices = {
+            "preset": tuple(PRESETS),
             "val_split": ("participant", "file"),
+            "encoder": ("conformer", "transformer"),
+            "decoder": ("attention", "ctc", "joint"),
             "lr_schedule": ("cosine", "constant"),
             "mixed_precision": ("auto", "on", "off"),
             "jit_compile": ("auto", "on", "off"),
@@ -187,29 +228,118 @@ class Config(Settings):
             raise ConfigError(f"num_hid={self.num_hid} is not divisible by num_heads={self.num_heads}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
-        positive = ("frame_len", "max_target_len", "epochs", "batch_size", "num_hid", "num_heads", "ff_dim",
-                    "conv_layers", "conv_kernel", "conv_stride", "eval_every", "eval_batch_size", "learning_rate",
-                    "steps_per_execution")
+        positive = ("max_frames", "max_target_len", "batch_size", "num_hid", "num_heads", "ff_dim", "enc_layers",
+                    "dec_layers", "conv_layers", "conv_kernel", "conv_stride", "conv_module_kernel", "eval_every",
+                    "eval_batch_size", "learning_rate", "steps_per_execution")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a positive number")
-        if self.cache_memory_gb < 0:
-            raise ConfigError(f"cache_memory_gb={self.cache_memory_gb}: expected 0 (auto) or a positive size")
-        for name in ("dropout", "aug_frame_drop_rate", "aug_point_dropout_rate", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")
+        for name in ("epochs", "cache_memory_gb", "time_budget_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected 0 or a positive number")
+        fractions = ("dropout", "label_smoothing", "aug_frame_drop_rate", "aug_point_drop_rate", "aug_time_mask_max",
+                     *self.augmentation_probabilities)
+        for name in fractions:
+            if not 0.0 <= getattr(self, name) <= (1.0 if name.endswith("_p") else 0.999):
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a value in [0, 1"
+                                  f"{']' if name.endswith('_p') else ')'}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ConfigError(f"ctc_weight={self.ctc_weight}: expected a weight in [0, 1]")
+        if self.decoder in ("ctc", "joint") and self.ctc_weight == 0.0:
+            raise ConfigError(f"decoder={self.decoder!r} needs a CTC head: set ctc_weight above 0")
+        if self.decoder in ("attention", "joint") and self.ctc_weight == 1.0:
+            raise ConfigError(f"decoder={self.decoder!r} needs a trained attention decoder: set ctc_weight below 1 "
+                              f"or decoder=ctc")
         if not 0.0 < self.aug_speed_min <= self.aug_speed_max:
             raise ConfigError(f"aug_speed_min={self.aug_speed_min}, aug_speed_max={self.aug_speed_max}: "
                               f"expected 0 < min <= max")
-        if self.frame_len % (self.conv_stride ** self.conv_layers):
-            raise ConfigError(
-                f"frame_len={self.frame_len} must be divisible by conv_stride**conv_layers="
-                f"{self.conv_stride ** self.conv_layers}")
+        if self.max_frames % self.subsampling:
+            raise ConfigError(f"max_frames={self.max_frames} must be divisible by conv_stride**conv_layers="
+                              f"{self.subsampling}")
         return self
 
-    def augmentations(self) -> list[str]:
-        """Names of the augmentations switched on."""
-        return [n for n in ("aug_speed", "aug_affine", "aug_frame_drop", "aug_point_dropout") if getattr(self, n)]
+    @property
+    def training_epochs(self) -> int:
+        """The epochs a run may take: `epochs`, or without it (0) as many as `time_budget_minutes` allows
+        (a budget alone trains until it ends), or DEFAULT_EPOCHS without either."""
+        if self.epochs:
+            return self.epochs
+        return BUDGET_EPOCHS if self.time_budget_minutes else DEFAULT_EPOCHS
+
+    def encoder_positions(self, frames: int | None = None) -> int:
+        """Encoder positions for a sequence of `frames` (default max_frames)."""
+        return -(-(frames or self.max_frames) // self.subsampling)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
+        """A config from saved or given values on top of its preset (saved files hold every value, so the
+        preset only fills keys a file lacks). Files written before presets existed hold the seed
+        notebook's geometry and boolean augmentation switches: they load as the `seed` preset."""
+        values = _upgrade_legacy(dict(values))
+        preset = values.get("preset", cls.preset_default())
+        if preset not in PRESETS:
+            raise ConfigError(f"{source}: preset={preset!r}: expected one of {tuple(PRESETS)}")
+        return super().from_dict({**PRESETS[preset], "preset": preset, **values}, source=source)
+
+    @staticmethod
+    def preset_default() -> str:
+        return next(f.default for f in fields(Config) if f.name == "preset")
+
+    def override(self, assignments: list[str]) -> "Config":
+        """A copy with `key=value` strings applied; `preset=NAME` first resets every key to that preset's
+        value, then the other assignments apply, in any order on the command line."""
+        presets = [a for a in assignments if a.partition("=")[0].strip().replace("-", "_") == "preset"]
+        base = self
+        if presets:
+            name = presets[-1].partition("=")[2].strip()
+            if name not in PRESETS:
+                raise ConfigError(f"override {presets[-1]!r}: expected one of {tuple(PRESETS)}")
+            base = Config.from_dict({"preset": name})
+        rest = [a for a in assignments if a not in presets]
+        return Settings.override(base, rest)
+
+
+#: Epochs when neither `epochs` nor a time budget is given, and the cap for a budget alone.
+DEFAULT_EPOCHS = 30
+BUDGET_EPOCHS = 100_000
+
+_SEED_GEOMETRY = dict(
+    max_frames=128, padding_mask=False, encoder="transformer", num_hid=200, num_heads=4, ff_dim=400, enc_layers=2,
+    dec_layers=1, conv_layers=3, conv_kernel=11, conv_stride=2, ctc_weight=0.0, decoder="attention")
+
+#: Named defaults: the dataclass defaults are `small`; a preset lists the keys it changes.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed notebook's model geometry (16 encoder positions, no mask, no CTC), with our training recipe.
+    "seed": {**_SEED_GEOMETRY, "aug_window_speed_p": 0.0, "aug_time_mask_p": 0.0, "aug_finger_drop_p": 0.0,
+             "aug_part_drop_p": 0.0, "aug_space_mask_p": 0.0, "aug_token_mask_p": 0.0, "aug_speed_min": 0.8,
+             "aug_speed_max": 1.2, "aug_shear": 0.0},
+    # The CPU demo and the tests: a 4-layer conformer, 2x subsampling, joint CTC/attention.
+    "small": {},
+    # About the 2nd-place solution's scale (6.4M parameters); ~6.8M, 13.5 MB in fp16 (under 15 MB).
+    "kaggle": dict(num_hid=192, num_heads=4, ff_dim=384, enc_layers=10, dec_layers=2, conv_module_kernel=31,
+                   ctc_weight=0.5),
+    # The most that fits Kaggle's 40 MB in fp16: ~18.8M parameters, 37.7 MB (depth over width, as the
+    # 5th place found).
+    "large": dict(num_hid=256, num_heads=4, ff_dim=512, enc_layers=17, dec_layers=2, conv_module_kernel=31,
+                  ctc_weight=0.5),
+}
+
+
+def _upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Values written before presets: each augmentation was a boolean switch (now a probability), and a
+    run's config.json with `frame_len` had the seed notebook's geometry (zero-padded to frame_len, unmasked,
+    no CTC), which the `seed` preset with `max_frames` keeps, so old runs still load and export."""
+    if "frame_len" in values and "preset" not in values:
+        values = {"preset": "seed", "padding_mask": False, "encoder": "transformer", "ctc_weight": 0.0,
+                  "decoder": "attention", **values, "max_frames": values["frame_len"]}
+        del values["frame_len"]
+    renamed = {"aug_speed": "aug_speed_p", "aug_affine": "aug_affine_p", "aug_frame_drop": "aug_frame_drop_p",
+               "aug_point_dropout": "aug_point_drop_p", "aug_point_dropout_rate": "aug_point_drop_rate"}
+    for old, new in renamed.items():
+        if old in values:
+            value = values.pop(old)
+            values[new] = float(value) if isinstance(value, bool) else value
+    return values
 
 
 def _parse_value(key: str, raw: str, kind: Any) -> Any:

@@ -92,10 +92,10 @@ def test_train_help_lists_every_config_key_with_its_default_and_meaning():
 
 def test_print_config_merges_file_then_overrides(tmp_path, capsys):
     config_file = tmp_path / "cfg.json"
-    config_file.write_text(json.dumps({"num_hid": 256, "num_heads": 8, "aug_affine": False}))
+    config_file.write_text(json.dumps({"num_hid": 256, "num_heads": 8, "aug_affine_p": 0.0}))
     assert cli.main(["train", "--config", str(config_file), "num_heads=4", "--epochs", "7", "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == {**Config().to_dict(), "num_hid": 256, "num_heads": 4, "aug_affine": False, "epochs": 7}
+    assert printed == {**Config().to_dict(), "num_hid": 256, "num_heads": 4, "aug_affine_p": 0.0, "epochs": 7}
     assert cli.main(["train", "--print-config", "num_hidden=3"]) == 2
     assert "unknown config key 'num_hidden'" in capsys.readouterr().err
 

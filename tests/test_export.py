@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from bench.seed_recipe import SEED_FEATURES, seed_config
 from fingerspell import metric
-from fingerspell import features
+from fingerspell.data import pipeline
 from fingerspell.data import records, schema, vocab
 from fingerspell.data.schema import SELECTED_COLUMNS
 from fingerspell.export.tflite import ExportError, convert, export_run, write_submission
@@ -32,9 +32,10 @@ def validation_sequences(preprocessed, run, limit=40):
     return out[:limit]
 
 
-def keras_strings(model, cfg, sequences):
-    frames = tf.stack([features.model_input(tf.constant(f), cfg.frame_len, cfg.normalization) for f, _ in sequences])
-    return [vocab.decode(row) for row in model.generate(frames).numpy()]
+def keras_strings(model, cfg, sequences, decoder=None):
+    """The Keras model's strings, decoding each sequence alone (as the export does)."""
+    return [vocab.decode(model.generate(pipeline.model_batch([f], cfg), decoder=decoder).numpy()[0])
+            for f, _ in sequences]
 
 
 @pytest.mark.slow
@@ -51,8 +52,9 @@ def test_submission_layout(exported):
     assert signature == {"serving_default": {"inputs": ["inputs"], "outputs": ["outputs"]}}
 
 
-def weights_not_stored(model, cfg, flatbuffer: bytes, dtype: str) -> list[str]:
-    """The model's weights that `flatbuffer` does not hold value for value as `dtype` ("<f4", "<f2").
+def weights_not_stored(model, cfg, flatbuffer: bytes, dtype: str, unused: tuple[str, ...] = ("ctc_head",)) -> list[str]:
+    """The model's weights that `flatbuffer` does not hold value for value as `dtype` ("<f4", "<f2"),
+    except the layers the export's decoder does not run (`unused`: the CTC head for the attention decoder).
 
     A weight is found in Keras's layout or with its output channels first (TFLite's
     fully-connected and convolution kernels); the query projections come multiplied by
@@ -61,6 +63,8 @@ def weights_not_stored(model, cfg, flatbuffer: bytes, dtype: str) -> list[str]:
     scale = np.float32(1 / np.sqrt(cfg.attention_key_dim))
     missing = []
     for weight in model.weights:
+        if any(f"/{layer}/" in weight.path for layer in unused):
+            continue
         value = np.asarray(weight.numpy(), np.float32)
         if weight.path.split("/")[-2] == "query":
             value = value * scale
@@ -111,21 +115,48 @@ def test_fp16_and_dynamic_quantization_shrink_the_file_and_keep_the_weights(expo
             assert_one_hot_rows(predictor.one_hot(frames), name)
 
 
-@pytest.mark.slow
-def test_survives_edge_inputs_and_matches_keras_on_them(exported, trained_run):
-    predictor = TFLitePredictor(exported)
-    model, cfg = load_trained_model(trained_run)
+def edge_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     left_only = rng.uniform(0.3, 0.7, (60, 156)).astype(np.float32)
     for c in "xyz":
         for i in range(21):
             left_only[:, COL[f"{c}_right_hand_{i}"]] = np.nan
-    cases = {"T=0": np.zeros((0, 156), np.float32), "T=1": rng.random((1, 156), dtype=np.float32),
-             "all NaN": np.full((50, 156), np.nan, np.float32), "only the left hand": left_only,
-             "T=1000": rng.random((1000, 156), dtype=np.float32)}
-    for name, frames in cases.items():
+    return {"T=0": np.zeros((0, 156), np.float32), "T=1": rng.random((1, 156), dtype=np.float32),
+            "all NaN": np.full((50, 156), np.nan, np.float32), "only the left hand": left_only,
+            "T=1000": rng.random((1000, 156), dtype=np.float32)}
+
+
+@pytest.fixture(scope="session")
+def decoder_exports(trained_run, exported, tmp_path_factory):
+    """export(decoder, quantize) -> the submission folder of that export of `trained_run`, made once."""
+    made = {("attention", "none"): exported}
+
+    def export(decoder: str, quantize: str = "none") -> Path:
+        if (decoder, quantize) not in made:
+            out = tmp_path_factory.mktemp(f"submission-{decoder}-{quantize}")
+            export_run(trained_run, out, quantize=quantize, decoder=decoder)
+            made[decoder, quantize] = out
+        return made[decoder, quantize]
+    return export
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["attention", "ctc", "joint"])
+def test_every_decoder_matches_keras_exactly_on_held_out_and_edge_inputs(decoder, decoder_exports, trained_run,
+                                                                         preprocessed_small):
+    """The same strings from LiteRT as from the Keras model decoding the same way, on held-out sequences
+    and on the edge inputs (T=0, T=1, all NaN, only the other hand, T=1000)."""
+    model, cfg = load_trained_model(trained_run)
+    predictor = TFLitePredictor(decoder_exports(decoder))
+    if decoder == "joint":  # the decoder and the CTC head: every weight of the model
+        flatbuffer = (decoder_exports(decoder) / "model.tflite").read_bytes()
+        assert weights_not_stored(model, cfg, flatbuffer, "<f4", unused=()) == []
+    cases = {**edge_inputs(), **{f"held-out {i}": f for i, (f, _) in
+                                 enumerate(validation_sequences(preprocessed_small, trained_run, limit=12))}}
+    expected = keras_strings(model, cfg, [(f, "") for f in cases.values()], decoder)
+    for (name, frames), want in zip(cases.items(), expected):
         assert_one_hot_rows(predictor.one_hot(frames), name)
-        assert predictor(frames) == keras_strings(model, cfg, [(frames, "")])[0], name
+        assert predictor(frames) == want, (decoder, name)
 
 
 EDGE_CASES = ("T=0", "T=1", "all NaN", "T=1000")
@@ -140,24 +171,27 @@ frames = {"T=0": np.zeros((0, 156), np.float32), "T=1": rng.random((1, 156), dty
           "all NaN": np.full((50, 156), np.nan, np.float32), "T=1000": rng.random((1000, 156), dtype=np.float32)}
 out = Interpreter(model_path=path).get_signature_runner("serving_default")(inputs=frames[case])["outputs"]
 assert out.ndim == 2 and out.shape[1] == 59 and np.isfinite(out).all(), out.shape
-print("ok", out.shape)
+print("ok", out.argmax(axis=1).tolist())
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantize", ["none", "fp16"])
-def test_every_edge_input_runs_in_kaggles_2023_runtime_and_in_litert(trained_run, tmp_path, quantize):
+@pytest.mark.parametrize("decoder,quantize", [("attention", "none"), ("attention", "fp16"), ("ctc", "none"),
+                                              ("joint", "none"), ("joint", "fp16")])
+def test_every_edge_input_runs_in_kaggles_2023_runtime_and_in_litert(decoder, quantize, decoder_exports):
     """tflite-runtime 2.14.0 (Kaggle's grader in 2023) died of SIGFPE on a sequence of 0 frames before the
     preprocessing padded it to one missing frame; each case runs in its own process so a crash is a failure."""
     pytest.importorskip("tflite_runtime", reason="tflite-runtime 2.14.0 has wheels for Linux x86_64, Python <= 3.11")
-    out = tmp_path / "submission"
-    export_run(trained_run, out, quantize=quantize)
-    for runtime in ("ai-edge-litert", "tflite-runtime"):
-        for case in EDGE_CASES:
-            done = subprocess.run([sys.executable, "-c", EDGE_RUNNER, str(out / "model.tflite"), runtime, case],
+    model = decoder_exports(decoder, quantize) / "model.tflite"
+    for case in EDGE_CASES:
+        spelled = {}
+        for runtime in ("ai-edge-litert", "tflite-runtime"):
+            done = subprocess.run([sys.executable, "-c", EDGE_RUNNER, str(model), runtime, case],
                                   capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, (f"{runtime}, {quantize}, {case}: exit {done.returncode} "
+            assert done.returncode == 0, (f"{runtime}, {decoder}, {quantize}, {case}: exit {done.returncode} "
                                           f"(a negative code is the signal that killed it)\n{done.stderr[-2000:]}")
+            spelled[runtime] = done.stdout.strip().splitlines()[-1]
+        assert spelled["tflite-runtime"] == spelled["ai-edge-litert"], (decoder, quantize, case, spelled)
 
 
 def test_refuses_a_model_over_40_mb(tmp_path):

@@ -5,7 +5,6 @@ import tensorflow as tf
 
 from bench.seed_recipe import seed_preprocess_frames
 from fingerspell import features
-from fingerspell.features import augment
 from fingerspell.data import schema
 from fingerspell.config import Config
 
@@ -88,21 +87,35 @@ def test_normalisation_removes_hand_position_and_size():
 
 
 @pytest.mark.parametrize("n_frames", [0, 1, 5, 128, 129, 1000])
-def test_any_length_becomes_frame_len_without_nan(n_frames):
+def test_empty_frames_are_dropped_and_only_long_sequences_resampled(n_frames):
     rng = np.random.default_rng(n_frames)
     frames = hand_frames(n_frames, "right_hand", rng)
-    frames[::3] = np.nan  # whole frames missing
+    frames[::3] = np.nan  # frames where nothing was detected
+    seen = n_frames - len(range(0, n_frames, 3))
     out = features.preprocess_frames(tf.constant(frames), 128).numpy()
-    assert out.shape == (128, features.SIDE_FEATURES)
+    assert out.shape == (min(max(seen, 1), 128), features.SIDE_FEATURES)
     assert np.isfinite(out).all()
-    if 0 < n_frames <= 128:
-        assert not out[n_frames:].any(), "short sequences are zero-padded at the end"
 
 
-def test_long_sequences_are_resampled_to_nearest_frames():
+def test_padding_with_nan_rows_changes_nothing():
+    """Rows where nothing was detected are dropped, so a caller may pad any input to a fixed size."""
+    frames = hand_frames(30, "left_hand", np.random.default_rng(7))
+    padded = np.concatenate([frames[:10], np.full((5, 156), np.nan), frames[10:], np.full((50, 156), np.nan)])
+    np.testing.assert_array_equal(features.preprocess_frames(tf.constant(frames)).numpy(),
+                                  features.preprocess_frames(tf.constant(padded.astype(np.float32))).numpy())
+
+
+def test_long_sequences_are_resampled_to_nearest_frames_and_short_ones_kept():
     x = tf.reshape(tf.range(256, dtype=tf.float32), [256, 1])
-    out = features.fit_length(x, 128).numpy()[:, 0]
-    np.testing.assert_array_equal(out, np.arange(256)[1::2])
+    np.testing.assert_array_equal(features.shorten(x, 128).numpy()[:, 0], np.arange(256)[1::2])
+    np.testing.assert_array_equal(features.shorten(x[:100], 128).numpy()[:, 0], np.arange(100))
+
+
+def test_without_padding_mask_every_sequence_is_zero_padded_to_max_frames():
+    frames = tf.constant(hand_frames(40, "right_hand", np.random.default_rng(8)))
+    out = features.model_input(frames, 128, "hand", padding_mask=False).numpy()
+    assert out.shape == (128, features.SIDE_FEATURES) and not out[40:].any()
+    np.testing.assert_array_equal(out[:40], features.model_input(frames, 128, "hand").numpy())
 
 
 def test_seed_preprocessing_shape_and_left_branch_defect():
@@ -114,48 +127,16 @@ def test_seed_preprocessing_shape_and_left_branch_defect():
     assert left[:50].mean() > 0.2  # the seed's left branch skips normalisation
 
 
-def test_augmentations_keep_shapes_and_change_values():
-    cfg = Config()
-    rng = np.random.default_rng(5)
-    points = features.dominant_side(tf.constant(hand_frames(60, "right_hand", rng)))
-    tf.random.set_seed(0)
-    stretched = augment.temporal(points, cfg)
-    assert stretched.shape[1:] == (26, 3) and 40 <= stretched.shape[0] <= 80
-    batch = tf.stack([features.fit_length(stretched, cfg.frame_len, fill=np.nan)] * 2)
-    out = augment.spatial(batch, cfg)
-    assert out.shape == (2, 128, 26, 3)
-    assert not np.allclose(np.nan_to_num(out[0].numpy()), np.nan_to_num(out[1].numpy())), "drawn per sequence"
-    x = features.normalize(out)
-    assert x.shape == (2, 128, 78) and np.isfinite(x.numpy()).all()
-    rotated = augment.affine(points[None], 0.0, 30.0, 0.0)[0].numpy()
-    assert not np.allclose(rotated, points.numpy())
-    # a rotation keeps distances between points
-    d0 = np.linalg.norm(points.numpy()[:, 0, :2] - points.numpy()[:, 8, :2], axis=-1)
-    d1 = np.linalg.norm(rotated[:, 0, :2] - rotated[:, 8, :2], axis=-1)
-    np.testing.assert_allclose(d0, d1, rtol=1e-4)
-
-
-def test_drop_frames_and_points_blank_with_nan():
-    tf.random.set_seed(1)
-    points = tf.random.uniform([100, 26, 3])
-    dropped = augment.drop_frames(points, 0.3).numpy()
-    assert 40 <= len(dropped) < 100
-    blank = np.isnan(dropped).all(axis=(1, 2))
-    assert np.isnan(dropped).any(axis=(1, 2)).sum() == blank.sum(), "whole frames are blanked"
-    out = augment.drop_points(tf.stack([points] * 8), 0.2).numpy()
-    missing = np.isnan(out).all(axis=(1, 3))  # [B, 26]: a point is blank in every frame
-    assert missing[:, :21].any() and not missing[:, 21:].any(), "only hand points are dropped"
-    assert (np.isnan(out).any(axis=(1, 3)) == missing).all()
-
-
 def test_training_pipeline_matches_the_export_preprocessing_when_augmentation_is_neutral(tmp_path):
     """The batched training path (augment, then normalise batches) is the export's function in disguise."""
     from fingerspell.data import pipeline
 
     rng = np.random.default_rng(6)
     sequences = [hand_frames(n, side, rng) for n, side in [(40, "right_hand"), (200, "left_hand"), (90, "right_hand")]]
-    neutral = Config(aug_speed_min=1.0, aug_speed_max=1.0, aug_frame_drop_rate=0.0, aug_scale=0.0,
-                     aug_rotate_degrees=0.0, aug_shift=0.0, aug_point_dropout_rate=0.0)
+    off = {name: 0.0 for name in Config().augmentation_probabilities}
+    neutral = Config(**{**off, "aug_speed_p": 1.0, "aug_affine_p": 1.0, "aug_frame_drop_p": 1.0},
+                     aug_speed_min=1.0, aug_speed_max=1.0, aug_frame_drop_rate=0.0, aug_scale=0.0,
+                     aug_rotate_degrees=0.0, aug_shift=0.0, aug_shear=0.0)
     records_ds = tf.data.Dataset.from_generator(
         lambda: ({"landmarks": s, "phrase": "ab"} for s in sequences),
         output_signature={"landmarks": tf.TensorSpec([None, 156], tf.float32), "phrase": tf.TensorSpec([], tf.string)})
@@ -163,6 +144,7 @@ def test_training_pipeline_matches_the_export_preprocessing_when_augmentation_is
     (per_example, _), _ = next(iter(batched))
     augmenting = pipeline.training_batches(records_ds, neutral, training=True, batch_size=3, shuffle_buffer=1)
     (frames, _), _ = next(iter(augmenting))
-    expected = np.stack([features.preprocess_frames(tf.constant(s)).numpy() for s in sequences])
+    expected = pipeline.model_batch(sequences, neutral).numpy()
+    assert expected.shape == (3, 224, 78)  # 200 frames padded with NaN to a multiple of FRAME_BUCKET
     np.testing.assert_allclose(per_example.numpy(), expected, atol=1e-6)
     np.testing.assert_allclose(frames.numpy(), expected, atol=1e-4)

@@ -27,7 +27,7 @@ PHRASES = [["abc", "hello", "12 main st", "fs", "zq", "ok go", "x", "yes"],
             "sit amet consectetur", "adipiscing elit sed", "do eiusmod tempor", "incididunt ut labore"]]
 # Dropout and augmentation draw random numbers per replica; off, a step is a pure function of its batch.
 COMMON = ["num_hid=64", "ff_dim=128", "enc_layers=1", "batch_size=16", "show_examples_every=0", "dropout=0",
-          "aug_speed=false", "aug_affine=false", "aug_frame_drop=false", "aug_point_dropout=false",
+          *(f"{name}=0" for name in Config().augmentation_probabilities),
           "lr_schedule=constant", "eval_every=2"]
 RECIPE = [*COMMON, "distribute=multi_worker"]
 

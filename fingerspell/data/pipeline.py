@@ -14,7 +14,7 @@ import tensorflow as tf
 from fingerspell import features, machine
 from fingerspell.config import Config, ConfigError
 from fingerspell.data import records, vocab
-from fingerspell.data.schema import N_SELECTED_COLUMNS
+from fingerspell.data.schema import N_SELECTED_COLUMNS, N_SIDE_POINTS
 from fingerspell.features import augment
 from fingerspell.files import atomic_path, atomic_write_json
 
@@ -179,45 +179,112 @@ def _in_split(split: dict, validation: bool):
 
 def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, batch_size: int,
                      seed: int | None = None, shuffle_buffer: int = 4096) -> tf.data.Dataset:
-    """((frames [B, frame_len, F], decoder input [B, L-1]), targets [B, L-1]) batches.
+    """((frames [B, T, F], decoder input [B, L-1]), targets [B, L-1]) batches.
 
-    Training batches are shuffled (within `shuffle_buffer` records), augmented and endless.
-    Augmented batches are built as dominant-side points, resampled per sequence, then
-    augmented spatially and normalised batch-wise: the same `features` functions as
+    Each sequence keeps its own length (at most max_frames); a batch is padded with NaN rows,
+    which the model masks, to a multiple of `features.FRAME_BUCKET` frames. Training batches are
+    shuffled (within `shuffle_buffer` records), augmented and endless. Augmented batches are built
+    as dominant-side points, augmented in time per sequence (and spliced by CutMix), padded,
+    augmented in space and normalised batch-wise: the same `features` functions as
     `features.preprocess_frames`, in the same order.
     """
     table = _char_table()
-    augmenting = training and bool(cfg.augmentations())
+    augmenting = training and augment.any_enabled(cfg)
     if augmenting and cfg.normalization != "hand":
         raise ConfigError(f"augmentation works on the 'hand' frame preprocessing, not normalization="
-                          f"{cfg.normalization!r}; turn off {cfg.augmentations()}")
+                          f"{cfg.normalization!r}; set the probabilities of {augment.enabled(cfg)} to 0")
 
-    def tokens_of(record):
-        tokens = tokenize(record["phrase"], table, cfg.max_target_len)
+    def tokens_of(phrase):
+        tokens = tokenize(phrase, table, cfg.max_target_len)
         return tokens[:-1], tokens[1:]
 
-    def to_example(record):
-        dec_in, targets = tokens_of(record)
-        if augmenting:
-            points = augment.temporal(features.dominant_side(record["landmarks"]), cfg)
-            frames = features.fit_length(points, cfg.frame_len, fill=math.nan)
-        else:
-            frames = features.model_input(record["landmarks"], cfg.frame_len, cfg.normalization)
-        return (frames, dec_in), targets
+    def to_points(record):
+        points = features.side_points(record["landmarks"], cfg.max_frames)
+        group = record[records.PARTICIPANT_ID] if cfg.aug_cutmix_p > 0 else tf.constant(0, tf.int64)
+        return {"points": points, "length": tf.shape(points)[0], "phrase": record["phrase"], "group": group}
 
-    def augment_batch(inputs, targets):
-        points, dec_in = inputs
-        return (features.normalize(augment.spatial(points, cfg)), dec_in), targets
+    def to_example(item):
+        dec_in, targets = tokens_of(item["phrase"])
+        if augmenting:
+            x = features.shorten(augment.temporal(item["points"], cfg), cfg.max_frames)
+        else:
+            x = features.model_input(item["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask)
+        return {"x": x, "length": tf.shape(x)[0], "dec_in": dec_in, "targets": targets}
+
+    def finish(batch):
+        x, length, dec_in = batch["x"], batch["length"], batch["dec_in"]
+        if augmenting:
+            x = features.normalize(augment.spatial(x, cfg))
+            dec_in = augment.tokens(dec_in, cfg)
+        return (mask_padding(x, length, cfg), dec_in), batch["targets"]
 
     if training:  # endless: Keras counts epochs by steps_per_epoch
         records_ds = records_ds.shuffle(max(1, shuffle_buffer), seed=cfg.seed if seed is None else seed,
                                         reshuffle_each_iteration=True).repeat()
-    ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=training)
     if augmenting:
-        ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
+        items = records_ds.map(to_points, num_parallel_calls=AUTOTUNE)
+        if cfg.aug_cutmix_p > 0:
+            items = cutmix_same_signer(items, cfg)
+    else:
+        items = records_ds
+    ds = items.map(to_example, num_parallel_calls=AUTOTUNE)
+    width = features.SIDE_FEATURES if augmenting else features.feature_dim(cfg.normalization)
+    x_shape = [None, N_SIDE_POINTS, 3] if augmenting else [None, width]
+    ds = ds.padded_batch(batch_size, padded_shapes={"x": x_shape, "length": [], "dec_in": [None], "targets": [None]},
+                         padding_values={"x": math.nan, "length": 0, "dec_in": vocab.PAD, "targets": vocab.PAD},
+                         drop_remainder=training)
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
     if cfg.trim_padding:
         ds = ds.map(trim_padding, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def cutmix_same_signer(items: tf.data.Dataset, cfg: Config) -> tf.data.Dataset:
+    """Pairs of sequences of the same signer, each of the two spliced with the other with probability
+    aug_cutmix_p (its start and the other's end, phrases cut at the same fraction), else passed on as
+    it is; a signer's unpaired sequence waits for the signer's next one."""
+
+    def one(points, phrase, other_points, other_phrase, group):
+        points, phrase = augment.maybe_cutmix(points, phrase, other_points, other_phrase, cfg)
+        return tf.data.Dataset.from_tensors({"points": points, "length": tf.shape(points)[0], "phrase": phrase,
+                                             "group": group})
+
+    def splice(pair):
+        a = pair["points"][0, :pair["length"][0]]
+        b = pair["points"][1, :pair["length"][1]]
+        first, second = pair["phrase"][0], pair["phrase"][1]
+        return one(a, first, b, second, pair["group"][0]).concatenate(one(b, second, a, first, pair["group"][1]))
+
+    shapes = {"points": [None, N_SIDE_POINTS, 3], "length": [], "phrase": [], "group": []}
+    padding = {"points": math.nan, "length": 0, "phrase": "", "group": tf.constant(0, tf.int64)}
+    pairs = items.group_by_window(
+        lambda item: item["group"],
+        lambda _, window: window.padded_batch(2, padded_shapes=shapes, padding_values=padding, drop_remainder=True),
+        window_size=2)
+    return pairs.flat_map(splice)
+
+
+def mask_padding(x: tf.Tensor, length: tf.Tensor, cfg: Config) -> tf.Tensor:
+    """[B, T, F] normalised features whose rows past each sequence's `length` become the model's
+    padding: NaN rows to a multiple of FRAME_BUCKET frames (masked by the model), or, without
+    padding_mask, zero rows to max_frames (the seed's geometry)."""
+    inside = tf.range(tf.shape(x)[1])[None, :] < length[:, None]
+    if not cfg.padding_mask:
+        x = tf.where(inside[..., None], x, tf.zeros_like(x))
+        return tf.pad(x, [[0, 0], [0, cfg.max_frames - tf.shape(x)[1]], [0, 0]])
+    x = tf.where(inside[..., None], x, tf.fill(tf.shape(x), math.nan))
+    target = features.padded_length(tf.shape(x)[1], cfg.subsampling, features.FRAME_BUCKET)
+    return tf.pad(x, [[0, 0], [0, target - tf.shape(x)[1]], [0, 0]], constant_values=math.nan)
+
+
+def model_batch(sequences: list, cfg: Config) -> tf.Tensor:
+    """Raw sequences [T, 156] -> one model input batch [B, T', F], preprocessed and padded as validation
+    pads them (for callers that hold sequences rather than records)."""
+    xs = [features.model_input(tf.convert_to_tensor(s, tf.float32), cfg.max_frames, cfg.normalization,
+                               cfg.padding_mask) for s in sequences]
+    length = tf.constant([int(x.shape[0]) for x in xs])
+    longest = int(tf.reduce_max(length))
+    return mask_padding(tf.stack([features.pad_to(x, longest, math.nan) for x in xs]), length, cfg)
 
 
 TRIM_STEP = 16  # decoder lengths come in multiples of this: a handful of shapes for XLA to compile
@@ -237,10 +304,19 @@ def trim_padding(inputs, targets):
 
 
 def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int) -> tf.data.Dataset:
-    """(frames [B, frame_len, F], phrase strings [B]) batches for greedy-decoded scoring."""
+    """(frames [B, T, F] padded as for training, phrase strings [B]) batches for decoded scoring."""
     def to_example(record):
-        return features.model_input(record["landmarks"], cfg.frame_len, cfg.normalization), record["phrase"]
-    return records_ds.map(to_example, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+        x = features.model_input(record["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask)
+        return {"x": x, "length": tf.shape(x)[0], "phrase": record["phrase"]}
+
+    def finish(batch):
+        return mask_padding(batch["x"], batch["length"], cfg), batch["phrase"]
+
+    width = features.feature_dim(cfg.normalization)
+    ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).padded_batch(
+        batch_size, padded_shapes={"x": [None, width], "length": [], "phrase": []},
+        padding_values={"x": math.nan, "length": 0, "phrase": ""})
+    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 # --- what a run reads: the split, the held-out records, the cache ----------------------------

@@ -3,7 +3,8 @@
 `model.tflite` has the signature `serving_default`: input `inputs` float32 [T, 156] (the
 columns of `inference_args.json`, NaN kept) and output `outputs` [L, 59] whose argmax over
 axis 1 spells the phrase. Inside: the training code's own frame preprocessing
-(`features.model_input`) and the model's cached greedy decoding, which stops at `>`.
+(`features.model_input`) and the model's greedy decoding: the attention decoder (cached,
+stopping at `>`), the CTC head, or both (`--decoder joint`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fingerspell.model.transformer import FingerspellTransformer
 
 MAX_MODEL_BYTES = 40_000_000  # Kaggle's 40 MB limit on the tflite file (the stricter reading)
 QUANTIZATIONS = ("none", "fp16", "dynamic")
+DECODERS = ("attention", "ctc", "joint")
 
 
 class ExportError(RuntimeError):
@@ -31,28 +33,46 @@ class ExportError(RuntimeError):
 class InferenceModule(tf.Module):
     """Raw frames -> one-hot characters, for one sequence, as Kaggle's grader calls it."""
 
-    def __init__(self, model: FingerspellTransformer, cfg: Config):
+    def __init__(self, model: FingerspellTransformer, cfg: Config, decoder: str | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.decoder = decoder or cfg.decoder
         # Keras 3 models are not tracked by tf.Module: without these references the
         # converter writes a model with no weights, which loads and returns garbage.
         self.weights = [variable.value for variable in model.weights]
 
     @tf.function(input_signature=[tf.TensorSpec([None, schema.N_SELECTED_COLUMNS], tf.float32, name="inputs")])
     def serve(self, inputs):
-        frames = features.model_input(inputs, self.cfg.frame_len, self.cfg.normalization)
-        ids = self.model.generate(frames[None])[0]
+        frames = features.model_input(inputs, self.cfg.max_frames, self.cfg.normalization, self.cfg.padding_mask)
+        if self.cfg.padding_mask:
+            frames = features.pad_for_model(frames, self.cfg.subsampling)
+        ids = self.model.generate(frames[None], decoder=self.decoder)[0]
         steps = tf.range(tf.shape(ids)[0])
-        length = tf.reduce_min(tf.where(tf.equal(ids, vocab.END), steps, tf.shape(ids)[0]))
+        ended = tf.logical_or(tf.equal(ids, vocab.END), tf.equal(ids, vocab.PAD))
+        length = tf.reduce_min(tf.where(ended, steps, tf.shape(ids)[0]))
         return {"outputs": tf.one_hot(ids[:length], vocab.N_CHARS)}
 
 
-def convert(model: FingerspellTransformer, cfg: Config, quantize: str = "none") -> bytes:
+def check_decoder(decoder: str | None, cfg: Config) -> str:
+    """The decoder an export runs: `decoder`, else the config's; refused when the model lacks its parts."""
+    decoder = decoder or cfg.decoder
+    if decoder not in DECODERS:
+        raise ExportError(f"decoder={decoder!r}: expected one of {DECODERS}")
+    if decoder in ("ctc", "joint") and cfg.ctc_weight == 0:
+        raise ExportError(f"--decoder {decoder} needs a CTC head, and this run was trained with ctc_weight=0; "
+                          f"use --decoder attention")
+    if decoder in ("attention", "joint") and cfg.ctc_weight == 1:
+        raise ExportError(f"--decoder {decoder} needs the attention decoder, and this run trained only CTC "
+                          f"(ctc_weight=1); use --decoder ctc")
+    return decoder
+
+
+def convert(model: FingerspellTransformer, cfg: Config, quantize: str = "none", decoder: str | None = None) -> bytes:
     """The TFLite flatbuffer (builtin ops only) of the inference module."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"quantize={quantize!r}: expected one of {QUANTIZATIONS}")
-    module = InferenceModule(model, cfg)
+    module = InferenceModule(model, cfg, check_decoder(decoder, cfg))
     with tempfile.TemporaryDirectory() as saved:
         tf.saved_model.save(module, saved, signatures={"serving_default": module.serve.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
@@ -90,12 +110,14 @@ def write_submission(tflite: bytes, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", quantize: str = "none") -> dict:
+def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", quantize: str = "none",
+               decoder: str | None = None) -> dict:
     """Export a training run's checkpoint as a Kaggle submission; returns paths and sizes."""
     from fingerspell.training.trainer import load_trained_model
 
     model, cfg = load_trained_model(run_dir, checkpoint)
-    paths = write_submission(convert(model, cfg, quantize), out_dir)
+    decoder = check_decoder(decoder, cfg)
+    paths = write_submission(convert(model, cfg, quantize, decoder), out_dir)
     return {"model": str(paths["model"]), "submission": str(paths["zip"]),
             "model_bytes": paths["model"].stat().st_size, "quantize": quantize, "checkpoint": checkpoint,
-            "parameters": model.count_params()}
+            "decoder": decoder, "parameters": model.count_params()}

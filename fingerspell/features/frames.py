@@ -1,4 +1,4 @@
-"""Frame preprocessing: [T, 156] selected landmark columns -> [frame_len, features].
+"""Frame preprocessing: [T, 156] selected landmark columns -> [T', features], T' <= max_frames.
 
 Written in TensorFlow ops that convert to TFLite builtins, and imported by both the
 tf.data pipeline and the TFLite export, so training and inference run the same code.
@@ -85,39 +85,58 @@ def normalize(points: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [SIDE_FEATURES]], axis=0))
 
 
-def fit_length(x: tf.Tensor, frame_len: int, fill: float = 0.0) -> tf.Tensor:
-    """Resample [T, ...] to [frame_len, ...]: nearest frames when longer, `fill` padding when shorter.
+def drop_empty_frames(frames: tf.Tensor) -> tf.Tensor:
+    """[T, C] -> the frames where at least one selected landmark was detected.
 
-    Nearest-frame resampling never blends a present hand with a missing one, and one
-    gather covers both cases, so no conditional op reaches the TFLite graph.
+    A frame where nothing was seen carries no information, and dropping it is what lets
+    any caller pad a sequence with NaN rows (a fixed-size input) without changing its result.
+    """
+    return tf.boolean_mask(frames, tf.reduce_any(tf.logical_not(is_nan(frames)), axis=1))
+
+
+def shorten(x: tf.Tensor, max_frames: int) -> tf.Tensor:
+    """[T, ...] -> [min(T, max_frames), ...]: nearest frames when longer, unchanged otherwise.
+
+    Nearest-frame resampling never blends a present hand with a missing one; a sequence is
+    never stretched (the model masks what is missing instead). One gather covers both cases,
+    so no conditional op reaches the TFLite graph.
     """
     n = tf.shape(x)[0]
-    steps = tf.range(frame_len)
-    stride = tf.cast(n, tf.float32) / float(frame_len)
-    resampled = tf.cast((tf.cast(steps, tf.float32) + 0.5) * stride, tf.int32)
-    index = tf.where(n > frame_len, resampled, steps)
-    padding = tf.fill(tf.concat([[frame_len], tf.shape(x)[1:]], axis=0), tf.constant(fill, x.dtype))
-    out = tf.gather(tf.concat([x, padding], axis=0), index)
-    return tf.ensure_shape(out, [frame_len, *x.shape[1:]])
+    length = tf.minimum(n, max_frames)
+    stride = tf.cast(n, tf.float32) / tf.cast(tf.maximum(length, 1), tf.float32)
+    index = tf.cast((tf.cast(tf.range(length), tf.float32) + 0.5) * stride, tf.int32)
+    return tf.gather(x, tf.minimum(index, tf.maximum(n - 1, 0)))
 
 
-def side_points(frames: tf.Tensor, frame_len: int) -> tf.Tensor:
-    """[T, 156] -> [frame_len, 26, 3] dominant-side points, padded with NaN (= not detected)."""
-    return fit_length(dominant_side(frames), frame_len, fill=math.nan)
+def pad_to(x: tf.Tensor, length: int | tf.Tensor, fill: float = 0.0) -> tf.Tensor:
+    """[T, ...] padded at the end with `fill` to [max(T, length), ...].
+
+    A concatenation rather than tf.pad: the TFLite converter infers shapes anew, and only this way does it
+    keep the other sizes known (a convolution needs its channels).
+    """
+    missing = tf.maximum(length - tf.shape(x)[0], 0)
+    filler = tf.fill(tf.concat([[missing], tf.shape(x)[1:]], axis=0), tf.constant(fill, x.dtype))
+    return tf.concat([x, filler], axis=0)
 
 
-def preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
-    """[T, 156] raw selected columns (NaN where undetected) -> [frame_len, 78] model input.
+def side_points(frames: tf.Tensor, max_frames: int) -> tf.Tensor:
+    """[T, 156] -> [T', 26, 3] dominant-side points of the frames where anything was detected, at most
+    `max_frames` of them and at least one (a sequence where nothing was seen is one all-missing frame)."""
+    return shorten(dominant_side(at_least_one_frame(drop_empty_frames(frames))), max_frames)
+
+
+def preprocess_frames(frames: tf.Tensor, max_frames: int = 384) -> tf.Tensor:
+    """[T, 156] raw selected columns (NaN where undetected) -> [T', 78] model input, 1 <= T' <= max_frames.
 
     Length first, then normalisation: the arm's sequence statistics are those of the
-    frames the model sees, and padding (NaN) counts as missing, then becomes 0.
+    frames the model sees; missing points become 0.
     """
-    return normalize(side_points(frames, frame_len))
+    return normalize(side_points(frames, max_frames))
 
 
 FrameFunction = Callable[[tf.Tensor, int], tf.Tensor]
 
-#: normalization name -> (frame function [T, 156] -> [frame_len, dim], dim). "hand" is ours;
+#: normalization name -> (frame function ([T, 156], max_frames) -> [T', dim] with 1 <= T' <= max_frames, dim). "hand" is ours;
 #: benchmarks register other recipes (bench/seed_recipe.py registers the seed notebook's).
 _NORMALIZATIONS: dict[str, tuple[FrameFunction, int]] = {"hand": (preprocess_frames, SIDE_FEATURES)}
 
@@ -145,10 +164,32 @@ def at_least_one_frame(frames: tf.Tensor) -> tf.Tensor:
     (tflite-runtime 2.14.0) kills the whole process with SIGFPE on the 0-length tensors such a
     sequence makes inside the graph; one all-missing frame is what "nothing seen" means anyway.
     """
-    missing = tf.maximum(1 - tf.shape(frames)[0], 0)
-    return tf.pad(frames, [[0, missing], [0, 0]], constant_values=math.nan)
+    return pad_to(frames, 1, fill=math.nan)
 
 
-def model_input(frames: tf.Tensor, frame_len: int, normalization: str) -> tf.Tensor:
-    """The frame preprocessing a config names, [T, 156] -> [frame_len, feature_dim] (T may be 0)."""
-    return _lookup(normalization)[0](at_least_one_frame(frames), frame_len)
+def model_input(frames: tf.Tensor, max_frames: int, normalization: str, padding_mask: bool = True) -> tf.Tensor:
+    """The frame preprocessing a config names: [T, 156] (T may be 0) -> [T', feature_dim], T' <= max_frames.
+
+    Without `padding_mask` (the seed's geometry) every sequence is padded with zeros to max_frames,
+    and the model sees the padding as frames.
+    """
+    x = _lookup(normalization)[0](frames, max_frames)
+    return x if padding_mask else pad_to(x, max_frames)
+
+
+#: Padded batches and the export pad frames to a multiple of this (rounded up to the subsampling):
+#: a few shapes for XLA to compile, and padding that the model's mask makes invisible.
+FRAME_BUCKET = 32
+
+
+def padded_length(frames: int | tf.Tensor, subsampling: int, bucket: int = 1) -> tf.Tensor:
+    """`frames` rounded up to a multiple of the subsampling (and of `bucket` frames, if larger)."""
+    step = subsampling * max(1, -(-bucket // subsampling))
+    return (frames + step - 1) // step * step
+
+
+def pad_for_model(x: tf.Tensor, subsampling: int) -> tf.Tensor:
+    """[T', F] features -> [T'', F] with NaN rows to a multiple of the subsampling: the model masks NaN
+    rows, and a multiple of the stride keeps every strided convolution's "same" padding the same as in
+    a padded batch."""
+    return pad_to(x, padded_length(tf.shape(x)[0], subsampling), fill=math.nan)

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fingerspell.model.transformer import FingerspellTransformer, token_count
+from fingerspell.model.transformer import FingerspellTransformer
 from fingerspell.training.runtime import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -188,9 +188,10 @@ def check_shared_run_dir(spread, run_dir: Path) -> None:
 def make_train_step(model: FingerspellTransformer, strategy: tf.distribute.Strategy, clipnorm: float):
     """One optimizer step on the next global batch; returns its loss.
 
-    The loss: each replica sums its tokens' losses and divides by the token count of the whole global
-    batch, so the loss and its gradient are those of the global batch, however it is split (a mean of
-    per-replica means would weigh a replica with short phrases more). The optimizer sums the replicas'
+    The loss: each replica sums its tokens' (and its sequences' CTC) losses and divides by the token (and
+    alignable sequence) count of the whole global batch, so the loss and its gradient are those of the
+    global batch, however it is split (a mean of per-replica means would weigh a replica with short phrases
+    more). The optimizer sums the replicas'
     gradients. They are dense: the embedding tables' sparse gradients would reach Adam as rows gathered from
     every replica, which Keras squares row by row, so a row two replicas share would count twice in its
     second moment. Global-norm clipping: Keras' optimizer clips each replica's gradient before the sum,
@@ -205,9 +206,10 @@ def make_train_step(model: FingerspellTransformer, strategy: tf.distribute.Strat
     def replica_step(batch):
         (frames, dec_in), targets = batch
         context = tf.distribute.get_replica_context()
-        tokens = tf.maximum(context.all_reduce(add, token_count(targets)), 1.0)
         with tf.GradientTape() as tape:
-            loss = model.token_loss_sum(targets, model((frames, dec_in), training=True)) / tokens
+            terms = model.loss_terms(frames, dec_in, targets, training=True)
+            counts = {k: v for k, v in terms.items() if k.endswith("_count")}
+            loss = model.combined_loss(terms, context.all_reduce(add, counts))
             scaled = optimizer.scale_loss(loss)
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
         if clipnorm:  # the gradients are of the scaled loss (mixed precision): so is their norm
@@ -250,7 +252,7 @@ def validation_loss(model: FingerspellTransformer, batches: tf.data.Dataset) -> 
     """The mean of the batches' losses (as Keras' evaluation reports it), on this worker's copy of the model."""
     @tf.function(reduce_retracing=True)
     def batch_loss(inputs, targets):
-        return model.masked_loss(targets, model(inputs, training=False))
+        return model.combined_loss(model.loss_terms(*inputs, targets))
 
     losses = [float(batch_loss(inputs, targets)) for inputs, targets in batches]
     return float(np.float32(np.mean(losses))) if losses else float("nan")

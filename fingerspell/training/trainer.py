@@ -89,7 +89,7 @@ def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.
     schedule = None
     rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
-        schedule = rate = WarmupCosine(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs, steps_per_epoch)
+        schedule = rate = WarmupCosine(cfg.learning_rate, cfg.warmup_epochs, cfg.training_epochs, steps_per_epoch)
     options = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}  # one norm over all gradients
     if cfg.weight_decay:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options)
@@ -277,7 +277,7 @@ class RunKeeper(keras.callbacks.Callback):
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "train_seconds": round(self.timer.epoch_seconds, 2),
                "train_sequences_per_second": round(self.sequences_seen / max(self.timer.epoch_seconds, 1e-9), 1)}
-        last_epoch = epoch + 1 >= self.cfg.epochs or self.model.stop_training
+        last_epoch = epoch + 1 >= self.cfg.training_epochs or self.model.stop_training
         scoring = (epoch + 1) % self.cfg.eval_every == 0 or last_epoch
         if scoring:
             row.update(self._score(epoch))
@@ -304,7 +304,7 @@ class RunKeeper(keras.callbacks.Callback):
         if self.schedule is None or not self.cfg.time_budget_minutes or self.epochs_this_session < 2:
             return
         seconds_left = max(self.cfg.time_budget_minutes * 60 - self.timer.total, 0.0)
-        total = float(min(self.cfg.epochs, epochs_done + seconds_left / max(self.timer.epoch_seconds, 1e-9)))
+        total = float(min(self.cfg.training_epochs, epochs_done + seconds_left / max(self.timer.epoch_seconds, 1e-9)))
         self.schedule.total_epochs.assign(total)
         self.state["budget_total_epochs"] = total
 
@@ -559,8 +559,8 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
             schedule.total_epochs.assign(state["budget_total_epochs"])
         elif "budget_total_steps" in state:  # a run saved before the schedule ran in epochs
             schedule.total_epochs.assign(state["budget_total_steps"] / steps)
-    if start_epoch >= cfg.epochs:
-        logger.info("%s: already trained for %d epochs (epochs=%d); nothing to do", run_dir, start_epoch, cfg.epochs)
+    if start_epoch >= cfg.training_epochs:
+        logger.info("%s: already trained for %d epochs (epochs=%d); nothing to do", run_dir, start_epoch, cfg.training_epochs)
         return summarize(run_dir, state, model, n_train, n_valid)
     logger.info("training on %d sequences, validating on %d (held-out %ss: %s); %s parameters; %d steps per epoch "
                 "in executions of %d", n_train, n_valid, split["key"], split["validation"],
@@ -580,12 +580,12 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
                                                     seed=cfg.seed + start_epoch, shuffle_buffer=shuffle_buffer,
                                                     pipeline_id=context.input_pipeline_id)
 
-        multiworker.fit(model, runtime.strategy, worker_batches, valid_loss_batches, epochs=cfg.epochs,
+        multiworker.fit(model, runtime.strategy, worker_batches, valid_loss_batches, epochs=cfg.training_epochs,
                         initial_epoch=start_epoch, steps=steps, validation_freq=cfg.eval_every, clipnorm=cfg.clipnorm,
                         callbacks=callbacks, verbose=verbose, most=most,
                         stop_within_epoch=bool(cfg.time_budget_minutes))
     else:
-        model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.epochs, initial_epoch=start_epoch,
+        model.fit(train_batches, validation_data=valid_loss_batches, epochs=cfg.training_epochs, initial_epoch=start_epoch,
                   steps_per_epoch=steps, validation_steps=math.ceil(n_valid_loss / cfg.batch_size), shuffle=False,
                   validation_freq=cfg.eval_every, callbacks=callbacks, verbose=verbose)
     if keeper.nan_epoch is not None:
