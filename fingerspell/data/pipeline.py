@@ -221,13 +221,16 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
     if training:  # endless: Keras counts epochs by steps_per_epoch
         records_ds = records_ds.shuffle(max(1, shuffle_buffer), seed=cfg.seed if seed is None else seed,
                                         reshuffle_each_iteration=True).repeat()
+    # Ordered maps, even where reading is not: each epoch's records stay within their pass over the
+    # data (an unordered map lets a record of the next pass overtake one of this pass, so a batch could
+    # hold one sequence twice and miss another).
     if augmenting:
-        items = records_ds.map(to_points, num_parallel_calls=AUTOTUNE)
+        items = records_ds.map(to_points, num_parallel_calls=AUTOTUNE, deterministic=True)
         if cfg.aug_cutmix_p > 0:
             items = cutmix_same_signer(items, cfg)
     else:
         items = records_ds
-    ds = items.map(to_example, num_parallel_calls=AUTOTUNE)
+    ds = items.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
     width = features.SIDE_FEATURES if augmenting else features.feature_dim(cfg.normalization)
     x_shape = [None, N_SIDE_POINTS, 3] if augmenting else [None, width]
     ds = ds.padded_batch(batch_size, padded_shapes={"x": x_shape, "length": [], "dec_in": [None], "targets": [None]},
@@ -273,7 +276,8 @@ def mask_padding(x: tf.Tensor, length: tf.Tensor, cfg: Config) -> tf.Tensor:
         x = tf.where(inside[..., None], x, tf.zeros_like(x))
         return tf.pad(x, [[0, 0], [0, cfg.max_frames - tf.shape(x)[1]], [0, 0]])
     x = tf.where(inside[..., None], x, tf.fill(tf.shape(x), math.nan))
-    target = features.padded_length(tf.shape(x)[1], cfg.subsampling, features.FRAME_BUCKET)
+    # never past max_frames (a multiple of the subsampling): the transformer's position table ends there
+    target = tf.minimum(features.padded_length(tf.shape(x)[1], cfg.subsampling, features.FRAME_BUCKET), cfg.max_frames)
     return tf.pad(x, [[0, 0], [0, target - tf.shape(x)[1]], [0, 0]], constant_values=math.nan)
 
 

@@ -173,7 +173,7 @@ def model_input(frames: tf.Tensor, max_frames: int, normalization: str, padding_
     Without `padding_mask` (the seed's geometry) every sequence is padded with zeros to max_frames,
     and the model sees the padding as frames.
     """
-    x = _lookup(normalization)[0](frames, max_frames)
+    x = _lookup(normalization)[0](at_least_one_frame(frames), max_frames)
     return x if padding_mask else pad_to(x, max_frames)
 
 

@@ -211,7 +211,9 @@ def make_train_step(model: FingerspellTransformer, strategy: tf.distribute.Strat
             counts = {k: v for k, v in terms.items() if k.endswith("_count")}
             loss = model.combined_loss(terms, context.all_reduce(add, counts))
             scaled = optimizer.scale_loss(loss)
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        # ZERO: with ctc_weight=1 the decoder gets no gradient (Keras' own loop drops such variables)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(
+            scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
         if clipnorm:  # the gradients are of the scaled loss (mixed precision): so is their norm
             grads, loss = clip_global_norm(grads, loss, clipnorm * optimizer.scale_loss(tf.constant(1.0)))
         else:
