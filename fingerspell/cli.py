@@ -273,7 +273,8 @@ def config_help(width: int | None = None, settings: type | None = None) -> str:
     if settings is None:
         from fingerspell.config import PRESETS
 
-        lines.append("presets: `preset=NAME` first sets the keys it lists, then the other keys apply:")
+        lines.append("presets: `preset=NAME` first resets every key to the defaults with the keys it lists (a --config "
+                     "file's values too), then the other key=value apply:")
         for name, values in PRESETS.items():
             listed = " ".join(f"{k}={_shown(v)}" for k, v in values.items()) or "(the defaults above)"
             lines.append(textwrap.fill(listed, max(width, column + 30), initial_indent=f"  preset={name}".ljust(column),
@@ -308,21 +309,27 @@ def resume_changes(args: argparse.Namespace) -> dict:
 
 def auto_resume_changes(args: argparse.Namespace) -> dict:
     """What a restarted `--auto-resume` command changes: the keys its config (--config, key=value) sets
-    otherwise than the run's saved config.json (the same command that started the run changes nothing)."""
+    otherwise than the run's saved config.json (the same command that started the run changes nothing).
+    Without --config the command's base is the run's own preset (a run saved before presets: `seed`)."""
     from fingerspell.config import Config
 
-    saved = Config.load(args.out / "config.json").to_dict()
-    wanted = (Config.load(args.config) if args.config else Config()).override(cli_overrides(args)).to_dict()
+    saved_config = Config.load(args.out / "config.json")
+    saved = saved_config.to_dict()
+    base = Config.load(args.config) if args.config else Config.from_dict({"preset": saved["preset"]})
+    wanted = base.override(cli_overrides(args)).to_dict()
     changes = {key: value for key, value in wanted.items() if saved[key] != value}
     kept = {}
-    wanted_epochs = Config.from_dict({**saved, **changes}).training_epochs
-    if "epochs" in changes and wanted_epochs < Config.from_dict(saved).training_epochs:
-        kept["epochs"] = changes.pop("epochs")
 
     def budget(minutes):  # 0: no limit, the most
         return math.inf if not minutes else minutes
     if budget(changes.get("time_budget_minutes", saved["time_budget_minutes"])) < budget(saved["time_budget_minutes"]):
         kept["time_budget_minutes"] = changes.pop("time_budget_minutes")
+    # epochs=0 means "as many as the budget allows, else 30": compare the epochs each config trains
+    if Config.from_dict({**saved, **changes}).training_epochs < saved_config.training_epochs:
+        if "epochs" in changes:
+            kept["epochs"] = changes.pop("epochs")
+        if Config.from_dict({**saved, **changes}).training_epochs < saved_config.training_epochs:
+            changes["epochs"] = saved_config.training_epochs  # e.g. the budget that set the cap is gone
     for key, value in kept.items():
         logger.warning("--auto-resume: keeping the run's %s=%s (the command's %s=%s would lower it)", key, saved[key],
                        key, value)

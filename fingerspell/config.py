@@ -253,6 +253,9 @@ class Config(Settings):
         if not 0.0 < self.aug_speed_min <= self.aug_speed_max:
             raise ConfigError(f"aug_speed_min={self.aug_speed_min}, aug_speed_max={self.aug_speed_max}: "
                               f"expected 0 < min <= max")
+        if self.encoder == "conformer" and self.attention_key_dim % 2:
+            raise ConfigError(f"attention key size {self.attention_key_dim} (num_hid / num_heads, or key_dim) is odd: "
+                              f"the conformer's rotary positions rotate pairs of values; choose an even one")
         if self.max_frames % self.subsampling:
             raise ConfigError(f"max_frames={self.max_frames} must be divisible by conv_stride**conv_layers="
                               f"{self.subsampling}")

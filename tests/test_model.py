@@ -153,6 +153,8 @@ def test_presets_apply_first_and_land_in_the_config():
     assert Config().override(["preset=small"]) == Config()
     with pytest.raises(ConfigError, match="expected one of"):
         Config().override(["preset=huge"])
+    with pytest.raises(ConfigError, match="rotary positions rotate pairs"):
+        Config().override(["num_hid=200", "num_heads=8"])
 
 
 @pytest.mark.parametrize("preset,limit_mb", [("kaggle", 15.0), ("large", 40.0)])

@@ -163,6 +163,27 @@ def test_auto_resume_keeps_a_longer_run_and_logs_its_changes(tmp_path, caplog):
     assert changes("epochs=80", "time_budget_minutes=0", "batch_size=32") == {"epochs": 80,
                                                                                "time_budget_minutes": 0.0}
     assert "time_budget_minutes" not in changes("epochs=60", "time_budget_minutes=30", "batch_size=32")
+    # epochs=0 trains 30 epochs without a budget: with the budget gone too, the saved 60 stay
+    assert changes("epochs=0", "time_budget_minutes=0", "batch_size=32") == {"time_budget_minutes": 0.0}
+
+
+def test_auto_resume_never_lowers_the_epochs_of_a_budget_only_or_older_run(tmp_path):
+    from fingerspell.cli import auto_resume_changes, build_parser
+
+    def changes(*overrides):
+        args = build_parser().parse_args(["train", "--auto-resume", "--data-dir", str(tmp_path), "--out",
+                                          str(tmp_path), *overrides])
+        return auto_resume_changes(args)
+
+    Config().override(["time_budget_minutes=60"]).save(tmp_path / "config.json")
+    assert changes("time_budget_minutes=60") == {}
+    # without its budget the run would stop at 30 epochs: it keeps the cap the budget gave it
+    assert changes() == {"time_budget_minutes": 0.0, "epochs": Config(time_budget_minutes=60).training_epochs}
+    # a config.json written before presets (frame_len, boolean augmentations): the same command changes nothing
+    old = {k: v for k, v in Config.from_dict({"preset": "seed"}).to_dict().items()
+           if k not in ("preset", "max_frames", "padding_mask", "encoder", "ctc_weight", "decoder")}
+    (tmp_path / "config.json").write_text(json.dumps({**old, "frame_len": 128}))
+    assert changes() == {}
 
 
 def test_batch_size_and_learning_rate_are_global():
