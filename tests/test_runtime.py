@@ -13,7 +13,7 @@ from fingerspell.config import Config, ConfigError
 from fingerspell.model.transformer import build_model
 from fingerspell.training.runtime import resolve_jit_compile, resolve_steps_per_execution
 from fingerspell.training.trainer import (RESUME_NAME, TrainingError, base_optimizer, make_optimizer, read_metrics,
-                                         resume, steps_per_epoch, train)
+                                         read_state, resume, steps_per_epoch, train)
 
 from tests.deterministic import run_deterministic
 from tests.test_training import StopAfter, tiny_config
@@ -119,10 +119,14 @@ def test_mixed_precision_epoch_and_resume_across_precisions_keeps_the_optimizer(
     steps, _ = steps_per_epoch(summary["train_sequences"], 16, 4)
 
     # float16 -> float32 with a smaller batch: the optimizer continues at its step with its moments.
+    # Under float16 the loss scale starts high and a step whose gradients overflow is skipped (not counted):
+    # the saved step is the count of the steps applied, at least one, at most the epoch's.
+    applied = read_state(run)["step"]
+    assert 1 <= applied <= steps
     moments = saved_moments(run)
     at_start = OptimizerAtStart()
     resume(preprocessed_small, run, {"mixed_precision": "off", "batch_size": 8}, callbacks=[at_start, StopAfter(2)])
-    assert at_start.iterations == steps and len(at_start.moments) == len(moments) > 0
+    assert at_start.iterations == applied and len(at_start.moments) == len(moments) > 0
     for restored, saved in zip(at_start.moments, moments):
         np.testing.assert_array_equal(restored, saved)
     assert json.loads((run / "run.json").read_text())["mixed_precision"] is False
@@ -131,11 +135,13 @@ def test_mixed_precision_epoch_and_resume_across_precisions_keeps_the_optimizer(
     # float32 -> float16: the step count of both epochs is kept.
     at_start = OptimizerAtStart()
     resume(preprocessed_small, run, {"mixed_precision": "on"}, callbacks=[at_start])
-    assert at_start.iterations == steps + small_steps
-    # The learning rate follows the 3-epoch schedule by epochs, whatever the batch size of each epoch was.
+    assert at_start.iterations == applied + small_steps  # float32 skips no step
+    # The learning rate follows the 3-epoch schedule by epochs, whatever the batch size of each epoch was; a
+    # float16 step skipped for overflow does not advance it. Checked on the float32 epoch (2): in a float16
+    # epoch Keras reports the rate at the loss-scale wrapper's own count, which includes skipped steps.
     schedule = make_optimizer(Config.load(run / "config.json"), 10)[1]
-    expected = [float(schedule(epoch * 10)) for epoch in (1, 2, 3)]
-    np.testing.assert_allclose([float(r["learning_rate"]) for r in read_metrics(run)], expected, rtol=1e-5)
+    expected = float(schedule((applied / steps + 1.0) * 10))
+    np.testing.assert_allclose(float(read_metrics(run)[1]["learning_rate"]), expected, rtol=1e-5)
 
 
 @pytest.mark.slow
