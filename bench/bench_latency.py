@@ -147,7 +147,7 @@ def preset_model(preset: str):
     from fingerspell.model.transformer import build_model
 
     cfg = Config.from_dict({"preset": preset})
-    model = build_model(cfg, features.feature_dim(cfg.normalization))
+    model = build_model(cfg, features.feature_dim(cfg.normalization, cfg.landmark_set))
     bias = model.classifier.bias.numpy()
     bias[vocab.END] = END_BIAS
     model.classifier.bias.assign(bias)

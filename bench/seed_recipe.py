@@ -11,20 +11,30 @@ from typing import Any
 
 import tensorflow as tf
 
-from fingerspell.config import Config
+from fingerspell.config import Config, ConfigError
 from fingerspell.data import schema
 from fingerspell.features.frames import HAND_FEATURES, hand_frame_counts, is_nan, register_normalization, to_points
 
 SEED_FEATURES = HAND_FEATURES  # the seed drops its pose points by mistake
 
 
-def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor:
+def seed_features(landmarks: schema.LandmarkSet) -> int:
+    """The seed reads the 156 hands-and-arms columns only."""
+    if landmarks is not schema.HANDS_ARMS:
+        raise ConfigError(f"normalization='seed' reads landmarks={schema.HANDS_ARMS.name!r} only, "
+                          f"not {landmarks.name!r}")
+    return SEED_FEATURES
+
+
+def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128,
+                           landmarks: schema.LandmarkSet = schema.HANDS_ARMS) -> tf.Tensor:
     """The seed notebook's pre_process.
 
     Faithful to its behaviour: hands only (its pose indices come out empty), the hand
     normalised per frame over all 63 values in the right-hand branch only (the left
     branch mirrors and skips it), bilinear resize of longer sequences before NaN -> 0.
     """
+    seed_features(landmarks)
     points = to_points(frames)
     n_left, n_right = hand_frame_counts(points)
     left = tf.gather(points, schema.LEFT_HAND_POINTS, axis=1)
@@ -47,8 +57,6 @@ def seed_preprocess_frames(frames: tf.Tensor, frame_len: int = 128) -> tf.Tensor
     return tf.reshape(x, [frame_len, HAND_FEATURES])
 
 
-
-
 def seed_config(**changes: Any) -> Config:
     """The seed notebook's recipe: its geometry (the `seed` preset) and preprocessing, key_dim = num_hid,
     Adam 1e-4, no augmentation."""
@@ -62,4 +70,4 @@ def seed_config(**changes: Any) -> Config:
     return Config.from_dict(seed)
 
 
-register_normalization("seed", seed_preprocess_frames, SEED_FEATURES)
+register_normalization("seed", seed_preprocess_frames, seed_features)

@@ -166,7 +166,7 @@ def _location(text: str) -> Path | str:
 
 def add_preprocess(p: argparse.ArgumentParser) -> None:
     from fingerspell.data.convert import PreprocessConfig
-    from fingerspell.data.schema import SPLIT_FILES
+    from fingerspell.data.schema import LANDMARK_SETS, SPLIT_FILES
 
     p.add_argument("--data-dir", "--data", dest="data_dir", type=_location, required=True, metavar="DIR",
                    help="Kaggle-layout dataset folder (train.csv, train_landmarks/, ...); only read. "
@@ -185,6 +185,10 @@ def add_preprocess(p: argparse.ArgumentParser) -> None:
                    help="parallel processes on this machine, either engine (default: as many as cores and "
                         "available memory allow)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose shard an earlier run already finished")
+    p.add_argument("--landmarks", choices=tuple(LANDMARK_SETS), default=PreprocessConfig.landmarks,
+                   help="the landmark columns stored: " + "; ".join(
+                       f"{s.name}: {s.n_columns} columns" for s in LANDMARK_SETS.values())
+                        + " (default: %(default)s); training may read any set whose columns are stored")
     p.add_argument("--min-hand-frames-factor", type=float, default=PreprocessConfig.min_hand_frames_factor,
                    metavar="FACTOR", help="keep a sequence when FACTOR * len(phrase) < frames with a fully visible "
                                           "hand (default: %(default)s, the seed notebook's rule)")
@@ -199,7 +203,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     config = PreprocessConfig(
         data_dir=args.data_dir, out_dir=args.out, split=args.split, workers=args.workers,
         overwrite=args.overwrite, min_hand_frames_factor=args.min_hand_frames_factor,
-        progress=not args.no_progress)
+        progress=not args.no_progress, landmarks=args.landmarks)
     if args.engine == "beam":
         require("preprocess --engine beam", "apache_beam")
         run = functools.partial(_preprocess_beam, beam_args=args.beam_options, verbose=args.verbose)

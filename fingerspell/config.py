@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fingerspell.data import schema
 from fingerspell.files import atomic_write_json
 
 
@@ -98,6 +99,10 @@ class Config(Settings):
                                        "max_frames with zeros the model attends to (the seed notebook's geometry)")
     max_target_len: int = _option(64, "target tokens: `<` + phrase + `>`, padded with PAD")
     normalization: str = _option("hand", "frame preprocessing (features/frames.py); benchmarks may register others")
+    landmarks: str = _option("hands_arms", '"hands_arms" (both hands and arms, 156 columns), "hands_arms_face" '
+                                           '(+ lips, nose and eyes: 130 points, 390 columns) or "all" (543 points, '
+                                           '1629 columns): what the model reads (data/schema.py); the records must '
+                                           'hold them (`fingerspell preprocess --landmarks`)')
 
     # Validation split
     val_split: str = _option("participant", '"participant" (hold out whole signers) or "file"')
@@ -199,6 +204,10 @@ class Config(Settings):
         return self.key_dim or self.num_hid // self.num_heads
 
     @property
+    def landmark_set(self) -> schema.LandmarkSet:
+        return schema.LANDMARK_SETS[self.landmarks]
+
+    @property
     def subsampling(self) -> int:
         """Frames per encoder position: the strided embedding's total stride."""
         return self.conv_stride ** self.conv_layers
@@ -212,6 +221,7 @@ class Config(Settings):
         self.check_types()
         choices = {
             "preset": tuple(PRESETS),
+            "landmarks": tuple(schema.LANDMARK_SETS),
             "val_split": ("participant", "file"),
             "encoder": ("conformer", "transformer"),
             "decoder": ("attention", "ctc", "joint"),

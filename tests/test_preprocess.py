@@ -522,8 +522,16 @@ def test_loader_rejects_another_layout_early_and_in_parse(tmp_path):
     _write_shard(tmp_path / "a" / "train" / "1.tfrecord", [good])
     _write_shard(tmp_path / "a" / "train" / "2.tfrecord", [_example_bytes(120)])
     with pytest.raises(records.RecordFormatError, match=r"2\.tfrecord: records have 120 columns per frame; "
-                                                        r"this toolkit expects 156"):
+                                                        r"this toolkit expects the columns of a landmark set \(156 "
+                                                        r"for hands_arms, 390 for hands_arms_face, 1629 for all\)"):
         records.load_dataset(tmp_path / "a")
+    # shards of two landmark sets in one directory
+    face = records.serialize_sequence(np.ones((2, 390), np.float32), "ab", 4, 2, 3)
+    _write_shard(tmp_path / "mixed" / "train" / "1.tfrecord", [good])
+    _write_shard(tmp_path / "mixed" / "train" / "2.tfrecord", [face])
+    with pytest.raises(records.RecordFormatError, match=r"2\.tfrecord: records hold landmarks='hands_arms_face', "
+                                                        r"but .*1\.tfrecord holds 'hands_arms'"):
+        records.load_dataset(tmp_path / "mixed")
     _write_shard(tmp_path / "b" / "1.tfrecord", [_example_bytes(None)])
     with pytest.raises(records.RecordFormatError, match="no n_columns feature"):
         records.load_dataset(tmp_path / "b")
@@ -573,7 +581,7 @@ def test_serialized_records_equal_tensorflows_own_encoding():
     assert [feature[k].int64_list.value[0] for k in ("n_frames", "n_columns", "sequence_id", "participant_id",
                                                      "file_id")] == [5, 156, -3, 2**40, 7]
     assert feature["phrase"].bytes_list.value == ["héllo".encode()]
-    with pytest.raises(ValueError, match=r"\[T, 156\]"):
+    with pytest.raises(ValueError, match=r"\[T, C\] with C the columns of a landmark set \(156 for hands_arms"):
         records.serialize_sequence(np.zeros((3, 120)), "a", 1, 1, 1)
 
 

@@ -531,7 +531,8 @@ def preprocess_beam(config: PreprocessConfig, beam_args: Sequence[str] = (), qui
         workers = None
         if runner in FN_API_RUNNERS:
             workers = config.workers or convert.default_workers(
-                [t.parquet for t in todo], _open_input if remote_inputs else None)
+                [t.parquet for t in todo], _open_input if remote_inputs else None,
+                convert.landmark_set(config.landmarks))
         options, _, workers = pipeline_options(beam_args, workers)
         _log.info("preprocess (Beam, %s%s): %d file(s) to convert", runner,
                   f", {workers} worker processes" if workers else "", len(todo))

@@ -12,8 +12,8 @@ Layout of the output directory OUT:
 
 Why it is shaped this way:
 
-- Real landmark files are 1-3 GB with 1630 columns; only `SELECTED_COLUMNS` (156)
-  and the ids are read, by name (any column order), by pyarrow column projection,
+- Real landmark files are 1-3 GB with 1630 columns; only the landmark set's columns
+  (`--landmarks`, `schema.LANDMARK_SETS`: 156 of `hands_arms` by default) and the ids are read, by name (any column order), by pyarrow column projection,
   after a schema check that names the file and the problem (missing or non-numeric
   columns). Float32 columns are used zero-copy; float64 or integer ones (what pandas
   writes by default) are cast to float32 with one warning for the file.
@@ -57,14 +57,7 @@ import pyarrow.parquet as pq
 from fingerspell import files, machine
 from fingerspell.data import records, vocab
 from fingerspell.data.metadata import Metadata, MetadataError, load_metadata, splits_of
-from fingerspell.data.schema import (
-    FRAME_COLUMN,
-    INDEX_COLUMN,
-    N_SELECTED_COLUMNS,
-    SELECTED_COLUMNS,
-    SELECTED_LEFT_HAND_COLUMNS,
-    SELECTED_RIGHT_HAND_COLUMNS,
-)
+from fingerspell.data.schema import DEFAULT_LANDMARKS, FRAME_COLUMN, INDEX_COLUMN, LandmarkSet, landmark_set
 
 _log = logging.getLogger(__name__)
 
@@ -101,6 +94,7 @@ class PreprocessConfig:
     overwrite: bool = False
     min_hand_frames_factor: float = 2.0
     progress: bool = True
+    landmarks: str = DEFAULT_LANDMARKS  # the landmark set stored (schema.LANDMARK_SETS)
 
 
 @dataclass
@@ -118,6 +112,11 @@ class FileTask:
     info: str  # final per-file JSON path
     out_dir: str  # OUT, for the shard path stored relative to it
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    landmarks: str = DEFAULT_LANDMARKS  # the landmark set whose columns the shard stores
+
+    @property
+    def landmark_set(self) -> LandmarkSet:
+        return landmark_set(self.landmarks)
 
 
 def _rows_digest(sequence_ids: np.ndarray, participant_ids: np.ndarray, phrases: list[str]) -> str:
@@ -142,7 +141,8 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def make_tasks(metadata: Metadata, split: str, out_dir: Path | str, factor: float,
-               stat: Callable[[str], list[int] | None] = _file_stat) -> list[FileTask]:
+               stat: Callable[[str], list[int] | None] = _file_stat,
+               landmarks: str = DEFAULT_LANDMARKS) -> list[FileTask]:
     """One task per parquet file of a split, in CSV order of first appearance.
 
     `out_dir` may be a URL (joined as text, which `Path` would mangle); `stat` gives
@@ -163,9 +163,10 @@ def make_tasks(metadata: Metadata, split: str, out_dir: Path | str, factor: floa
             shard=os.path.join(str(out_dir), split, f"{file_id}{records.SHARD_SUFFIX}"),
             info=os.path.join(str(out_dir), split, f"{file_id}.json"),
             out_dir=str(out_dir),
+            landmarks=landmarks,
             fingerprint={
                 "format": [records.FORMAT_NAME, records.FORMAT_VERSION],
-                "selected_columns": hashlib.sha1("\n".join(SELECTED_COLUMNS).encode()).hexdigest(),
+                "selected_columns": hashlib.sha1("\n".join(landmark_set(landmarks).columns).encode()).hexdigest(),
                 "min_hand_frames_factor": factor,
                 "parquet": parquet,
                 "parquet_stat": stat(parquet),
@@ -185,7 +186,7 @@ class FileLayout:
     cast: tuple[str, ...]  # selected columns stored as another number type than float32
 
 
-def check_schema(path: str, schema: pa.Schema) -> FileLayout:
+def check_schema(path: str, schema: pa.Schema, columns: Sequence[str]) -> FileLayout:
     """Raise FileProblem unless every needed column is present once with a usable type.
 
     Columns are found by name, so their order does not matter. A landmark column must
@@ -193,18 +194,18 @@ def check_schema(path: str, schema: pa.Schema) -> FileLayout:
     float64 by default) are cast, so they are listed in `cast`.
     """
     counts = Counter(schema.names)
-    missing = [c for c in (INDEX_COLUMN, *SELECTED_COLUMNS) if c not in counts]
+    missing = [c for c in (INDEX_COLUMN, *columns) if c not in counts]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise FileProblem(f"{path}: missing column(s) {missing[:5]}{more}")
-    if repeated := [c for c in (INDEX_COLUMN, FRAME_COLUMN, *SELECTED_COLUMNS) if counts[c] > 1]:
+    if repeated := [c for c in (INDEX_COLUMN, FRAME_COLUMN, *columns) if counts[c] > 1]:
         raise FileProblem(f"{path}: column(s) {repeated[:5]} appear more than once")
     if not pa.types.is_integer(schema.field(INDEX_COLUMN).type):
         raise FileProblem(f"{path}: column {INDEX_COLUMN!r} is {schema.field(INDEX_COLUMN).type}, expected int64")
     has_frame = FRAME_COLUMN in counts
     if has_frame and not pa.types.is_integer(schema.field(FRAME_COLUMN).type):
         raise FileProblem(f"{path}: column {FRAME_COLUMN!r} is {schema.field(FRAME_COLUMN).type}, expected an integer")
-    types = {c: schema.field(c).type for c in SELECTED_COLUMNS}
+    types = {c: schema.field(c).type for c in columns}
     if bad := [c for c, t in types.items() if not (pa.types.is_floating(t) or pa.types.is_integer(t))]:
         raise FileProblem(f"{path}: landmark column {bad[0]!r} is {types[bad[0]]}, expected numbers (float32); "
                           f"{len(bad)} selected column(s) are not numeric")
@@ -255,7 +256,7 @@ class LandmarkTable:
 
     sequence_ids: np.ndarray
     frames: np.ndarray | None
-    columns: list[np.ndarray]  # N_SELECTED_COLUMNS arrays of float32, one value per row
+    columns: list[np.ndarray]  # one float32 array per selected column (the landmark set's), one value per row
     warnings: list[str] = field(default_factory=list)  # about the file as a whole (e.g. a cast)
 
     def take(self, order: np.ndarray) -> "LandmarkTable":
@@ -274,13 +275,16 @@ def _float32_values(column: pa.ChunkedArray, cast: bool) -> np.ndarray:
 Opener = Callable[[str], BinaryIO]
 
 
-def read_landmarks(path: str, open_file: Opener | None = None) -> LandmarkTable:
-    """The selected columns of a landmarks file, by name, as float32, after checking its schema.
+def read_landmarks(path: str, open_file: Opener | None = None,
+                   landmarks: LandmarkSet | None = None) -> LandmarkTable:
+    """The columns of a landmark set (default `hands_arms`) of a landmarks file, by name, as float32,
+    after checking its schema.
 
     `open_file` (the Beam engine's, for gs:// and other remote paths): pyarrow reads the
     footer and the selected columns' byte ranges through the stream it returns, never the
     whole file.
     """
+    selected = (landmarks or landmark_set(DEFAULT_LANDMARKS)).columns
     if open_file is None:
         if not os.path.exists(path):
             raise FileProblem(f"{path}: parquet file not found")
@@ -294,11 +298,11 @@ def read_landmarks(path: str, open_file: Opener | None = None) -> LandmarkTable:
         with source as src:
             # A stream: fetch the selected columns' ranges coalesced (a few large reads, not one per column chunk).
             pf = pq.ParquetFile(src) if open_file is None else pq.ParquetFile(src, pre_buffer=True)
-            layout = check_schema(path, pf.schema_arrow)
+            layout = check_schema(path, pf.schema_arrow, selected)
             ids = [INDEX_COLUMN] + ([FRAME_COLUMN] if layout.has_frame else [])
-            table = pf.read(columns=ids + list(SELECTED_COLUMNS), use_threads=True)
+            table = pf.read(columns=ids + list(selected), use_threads=True)
         cast = set(layout.cast)
-        columns = [_float32_values(table.column(c), c in cast) for c in SELECTED_COLUMNS]
+        columns = [_float32_values(table.column(c), c in cast) for c in selected]
     except (pa.ArrowException, OSError) as e:
         raise FileProblem(f"{path}: cannot read parquet file ({type(e).__name__}: {e})") from None
     for name in ids:
@@ -341,12 +345,14 @@ def _full_rows(columns: list[np.ndarray], which: np.ndarray) -> np.ndarray:
     return ~missing
 
 
-def full_hand_frames(table: LandmarkTable, starts: np.ndarray) -> np.ndarray:
-    """Per run, the larger of the counts of frames where all 63 left / right hand values are present."""
+def full_hand_frames(table: LandmarkTable, starts: np.ndarray, landmarks: LandmarkSet | None = None) -> np.ndarray:
+    """Per run, the larger of the counts of frames where all 63 left / right hand values are present
+    (`table` holds the columns of `landmarks`, default `hands_arms`)."""
     if len(starts) == 0:
         return np.empty(0, np.int64)
-    left = _full_rows(table.columns, SELECTED_LEFT_HAND_COLUMNS).astype(np.int64)
-    right = _full_rows(table.columns, SELECTED_RIGHT_HAND_COLUMNS).astype(np.int64)
+    landmarks = landmarks or landmark_set(DEFAULT_LANDMARKS)
+    left = _full_rows(table.columns, landmarks.left_hand_columns).astype(np.int64)
+    right = _full_rows(table.columns, landmarks.right_hand_columns).astype(np.int64)
     return np.maximum(np.add.reduceat(left, starts), np.add.reduceat(right, starts))
 
 
@@ -427,8 +433,8 @@ def _classify_rows(task: FileTask, run_ids: np.ndarray, hand_frames: np.ndarray,
 def _write_shard(task: FileTask, table: LandmarkTable, starts: np.ndarray,
                  kept: list[tuple[int, int]], result: dict[str, Any]) -> None:
     ends = np.append(starts[1:], len(table.sequence_ids))
-    # Row-major [rows, 156] once per file, so each record is one contiguous slice.
-    values = np.stack(table.columns, axis=1) if kept else np.empty((0, N_SELECTED_COLUMNS), np.float32)
+    # Row-major [rows, columns] once per file, so each record is one contiguous slice.
+    values = np.stack(table.columns, axis=1) if kept else np.empty((0, task.landmark_set.n_columns), np.float32)
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
     participants: dict[str, dict[str, int]] = {}
     with files.atomic_path(task.shard) as tmp, records.ShardWriter(tmp) as writer:
@@ -467,7 +473,7 @@ def process_file(task: FileTask, open_file: Opener | None = None) -> dict[str, A
     with contextlib.suppress(FileNotFoundError):
         os.unlink(task.info)
     try:
-        table = read_landmarks(task.parquet, open_file)
+        table = read_landmarks(task.parquet, open_file, task.landmark_set)
     except FileProblem as e:
         result["error"] = str(e)
         result["dropped"][FILE_ERROR] = result["csv_rows"]
@@ -476,7 +482,7 @@ def process_file(task: FileTask, open_file: Opener | None = None) -> dict[str, A
     for message in table.warnings:
         _warn(result, message)
     table, run_ids, starts = group_rows(table)
-    hand_frames = full_hand_frames(table, starts)
+    hand_frames = full_hand_frames(table, starts, task.landmark_set)
     kept = _classify_rows(task, run_ids, hand_frames, result)
     _write_shard(task, table, starts, kept, result)
     if result["kept"] + sum(result["dropped"].values()) != result["csv_rows"]:
@@ -667,7 +673,7 @@ def _byte_width(arrow_type: pa.DataType) -> int:
         return 8
 
 
-def file_memory_need(path: str, open_file: Opener | None = None) -> int:
+def file_memory_need(path: str, open_file: Opener | None = None, landmarks: LandmarkSet | None = None) -> int:
     """`worker_memory_need` of a parquet file, from its footer only (0 if unreadable: its
     worker reports the problem). `open_file`: how to open a remote file (see `read_landmarks`)."""
     try:
@@ -677,16 +683,18 @@ def file_memory_need(path: str, open_file: Opener | None = None) -> int:
             num_rows = pf.metadata.num_rows
         names = set(schema.names)
         width = sum(_byte_width(schema.field(c).type)
-                    for c in (INDEX_COLUMN, FRAME_COLUMN, *SELECTED_COLUMNS) if c in names)
+                    for c in (INDEX_COLUMN, FRAME_COLUMN, *(landmarks or landmark_set(DEFAULT_LANDMARKS)).columns)
+                    if c in names)
         return worker_memory_need(num_rows, width)
     except (pa.ArrowException, OSError, KeyError):
         return 0
 
 
-def default_workers(parquets: Sequence[str], open_file: Opener | None = None) -> int:
+def default_workers(parquets: Sequence[str], open_file: Opener | None = None,
+                    landmarks: LandmarkSet | None = None) -> int:
     """Workers for these files when --workers is not given: bounded by cores, memory and files."""
     cores, available = machine.cpu_cores(), machine.available_memory()
-    largest = max((file_memory_need(p, open_file) for p in parquets), default=0)
+    largest = max((file_memory_need(p, open_file, landmarks) for p in parquets), default=0)
     workers = choose_workers(cores, available, largest, len(parquets))
     if workers < min(cores, len(parquets)):
         _log.warning("using %d worker(s) instead of %d: %.1f GB of memory available, and a worker "
@@ -717,7 +725,7 @@ def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows
             participant_frames[pid] += counts["frames"]
     return {
         "format": {"name": records.FORMAT_NAME, "version": records.FORMAT_VERSION,
-                   "n_columns": N_SELECTED_COLUMNS},
+                   "n_columns": landmark_set(config.landmarks).n_columns},
         "csv_rows": total_rows,
         "kept": kept,
         "frames_kept": sum(r["frames_kept"] for r in results),
@@ -729,7 +737,8 @@ def _summarize(results: list[dict[str, Any]], config: PreprocessConfig, csv_rows
         "errors": [{"file": r["parquet"], "message": r["error"]} for r in results if r["error"]],
         "splits": splits,
         "files": results,
-        "selected_columns": list(SELECTED_COLUMNS),
+        "landmarks": config.landmarks,
+        "selected_columns": list(landmark_set(config.landmarks).columns),
         "settings": {"data_dir": str(config.data_dir) if is_url(config.data_dir) else str(Path(config.data_dir).resolve()),
                      "split": config.split, "min_hand_frames_factor": config.min_hand_frames_factor,
                      "workers": workers, "overwrite": config.overwrite, "engine": engine},
@@ -748,7 +757,8 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
         raise PreprocessError(f"{remote[0]}: remote paths need the Beam engine (--engine beam)")
 
     def run_files(todo: list[FileTask]) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
-        workers = config.workers if config.workers is not None else default_workers([t.parquet for t in todo])
+        workers = (config.workers if config.workers is not None
+                   else default_workers([t.parquet for t in todo], landmarks=landmark_set(config.landmarks)))
         return run_tasks(todo, workers, config.progress), workers, {}
 
     return run(config, run_files)
@@ -797,6 +807,10 @@ def check_settings(config: PreprocessConfig, data_dir: str, out_dir: str) -> Non
         raise PreprocessError(f"--min-hand-frames-factor must be >= 0, got {config.min_hand_frames_factor}")
     if config.workers is not None and config.workers < 1:
         raise PreprocessError(f"--workers must be >= 1, got {config.workers}")
+    try:
+        landmark_set(config.landmarks)
+    except ValueError as e:
+        raise PreprocessError(f"--landmarks: {e}") from None
 
 
 def load_splits(data_dir: Path, split: str) -> dict[str, Metadata]:
@@ -817,7 +831,7 @@ def start_run(out_dir: Path | str, metadata: dict[str, Metadata], config: Prepro
     storage = storage or Storage()
     cleaned = storage.clean_temporaries(out_dir)
     tasks = [t for split, meta in metadata.items()
-             for t in make_tasks(meta, split, out_dir, config.min_hand_frames_factor, storage.stat)]
+             for t in make_tasks(meta, split, out_dir, config.min_hand_frames_factor, storage.stat, config.landmarks)]
     reused, todo = [], []
     for task in tasks:
         previous = None if config.overwrite else reusable_result(task, storage)

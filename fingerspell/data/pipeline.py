@@ -13,8 +13,7 @@ import tensorflow as tf
 
 from fingerspell import features, machine
 from fingerspell.config import Config, ConfigError
-from fingerspell.data import records, vocab
-from fingerspell.data.schema import N_SELECTED_COLUMNS, N_SIDE_POINTS
+from fingerspell.data import records, schema, vocab
 from fingerspell.features import augment
 from fingerspell.files import atomic_path, atomic_write_json
 
@@ -199,7 +198,7 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
         return tokens[:-1], tokens[1:]
 
     def to_points(record):
-        points = features.side_points(record["landmarks"], cfg.max_frames)
+        points = features.side_points(record["landmarks"], cfg.max_frames, cfg.landmark_set)
         group = record[records.PARTICIPANT_ID] if cfg.aug_cutmix_p > 0 else tf.constant(0, tf.int64)
         return {"points": points, "length": tf.shape(points)[0], "phrase": record["phrase"], "group": group}
 
@@ -208,7 +207,8 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
         if augmenting:
             x = features.shorten(augment.temporal(item["points"], cfg), cfg.max_frames)
         else:
-            x = features.model_input(item["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask)
+            x = features.model_input(item["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask,
+                                     cfg.landmark_set)
         return {"x": x, "length": tf.shape(x)[0], "dec_in": dec_in, "targets": targets}
 
     def finish(batch):
@@ -231,8 +231,8 @@ def training_batches(records_ds: tf.data.Dataset, cfg: Config, training: bool, b
     else:
         items = records_ds
     ds = items.map(to_example, num_parallel_calls=AUTOTUNE, deterministic=True)
-    width = features.SIDE_FEATURES if augmenting else features.feature_dim(cfg.normalization)
-    x_shape = [None, N_SIDE_POINTS, 3] if augmenting else [None, width]
+    x_shape = ([None, cfg.landmark_set.n_side_points, 3] if augmenting
+               else [None, features.feature_dim(cfg.normalization, cfg.landmark_set)])
     ds = ds.padded_batch(batch_size, padded_shapes={"x": x_shape, "length": [], "dec_in": [None], "targets": [None]},
                          padding_values={"x": math.nan, "length": 0, "dec_in": vocab.PAD, "targets": vocab.PAD},
                          drop_remainder=training)
@@ -258,7 +258,7 @@ def cutmix_same_signer(items: tf.data.Dataset, cfg: Config) -> tf.data.Dataset:
         first, second = pair["phrase"][0], pair["phrase"][1]
         return one(a, first, b, second, pair["group"][0]).concatenate(one(b, second, a, first, pair["group"][1]))
 
-    shapes = {"points": [None, N_SIDE_POINTS, 3], "length": [], "phrase": [], "group": []}
+    shapes = {"points": [None, cfg.landmark_set.n_side_points, 3], "length": [], "phrase": [], "group": []}
     padding = {"points": math.nan, "length": 0, "phrase": "", "group": tf.constant(0, tf.int64)}
     pairs = items.group_by_window(
         lambda item: item["group"],
@@ -282,10 +282,10 @@ def mask_padding(x: tf.Tensor, length: tf.Tensor, cfg: Config) -> tf.Tensor:
 
 
 def model_batch(sequences: list, cfg: Config) -> tf.Tensor:
-    """Raw sequences [T, 156] -> one model input batch [B, T', F], preprocessed and padded as validation
-    pads them (for callers that hold sequences rather than records)."""
+    """Raw sequences [T, C] (the config's landmark set) -> one model input batch [B, T', F], preprocessed
+    and padded as validation pads them (for callers that hold sequences rather than records)."""
     xs = [features.model_input(tf.convert_to_tensor(s, tf.float32), cfg.max_frames, cfg.normalization,
-                               cfg.padding_mask) for s in sequences]
+                               cfg.padding_mask, cfg.landmark_set) for s in sequences]
     length = tf.constant([int(x.shape[0]) for x in xs])
     longest = int(tf.reduce_max(length))
     return mask_padding(tf.stack([features.pad_to(x, longest, math.nan) for x in xs]), length, cfg)
@@ -310,13 +310,14 @@ def trim_padding(inputs, targets):
 def evaluation_batches(records_ds: tf.data.Dataset, cfg: Config, batch_size: int) -> tf.data.Dataset:
     """(frames [B, T, F] padded as for training, phrase strings [B]) batches for decoded scoring."""
     def to_example(record):
-        x = features.model_input(record["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask)
+        x = features.model_input(record["landmarks"], cfg.max_frames, cfg.normalization, cfg.padding_mask,
+                                 cfg.landmark_set)
         return {"x": x, "length": tf.shape(x)[0], "phrase": record["phrase"]}
 
     def finish(batch):
         return mask_padding(batch["x"], batch["length"], cfg), batch["phrase"]
 
-    width = features.feature_dim(cfg.normalization)
+    width = features.feature_dim(cfg.normalization, cfg.landmark_set)
     ds = records_ds.map(to_example, num_parallel_calls=AUTOTUNE).padded_batch(
         batch_size, padded_shapes={"x": [None, width], "length": [], "phrase": []},
         padding_values={"x": math.nan, "length": 0, "phrase": ""})
@@ -346,9 +347,10 @@ class RunData:
     shards: list[Path]  # every shard of the data directory
 
 
-def decoded_bytes(sequences: int, frames: int) -> int:
-    """Memory that decoded records take in tf.data's cache: float32 landmarks plus a per-record overhead."""
-    return frames * N_SELECTED_COLUMNS * 4 + sequences * RECORD_OVERHEAD_BYTES
+def decoded_bytes(sequences: int, frames: int, columns: int = schema.HANDS_ARMS.n_columns) -> int:
+    """Memory that decoded records take in tf.data's cache: float32 landmarks (`columns` per frame: those
+    of the landmark set read) plus a per-record overhead."""
+    return frames * columns * 4 + sequences * RECORD_OVERHEAD_BYTES
 
 
 def cache_budget(cfg: Config) -> int | None:
@@ -389,11 +391,12 @@ def write_validation_records(shards: list[Path], key: str, groups: list[int], pa
     return count
 
 
-def validation_records(shards: list[Path], split: dict, n_valid: int, run_dir: Path | None) -> tf.data.Dataset:
-    """The held-out records: RUN_DIR/validation.tfrecord (written on the run's first start), or,
-    without a run directory, a filter over all shards."""
+def validation_records(shards: list[Path], split: dict, n_valid: int, run_dir: Path | None,
+                       cfg: Config) -> tf.data.Dataset:
+    """The held-out records (the config's landmark set): RUN_DIR/validation.tfrecord (written on the
+    run's first start), or, without a run directory, a filter over all shards."""
     if run_dir is None:
-        return records.load_dataset(shards).filter(_in_split(split, validation=True))
+        return records.load_dataset(shards, landmarks=cfg.landmark_set).filter(_in_split(split, validation=True))
     path = Path(run_dir) / VALIDATION_RECORDS
     if not path.exists():
         written = write_validation_records(shards, split["key"], split["validation"], path)
@@ -402,7 +405,7 @@ def validation_records(shards: list[Path], split: dict, n_valid: int, run_dir: P
             raise ValueError(f"found {written} held-out records in the shards, but {Path(run_dir) / 'split.json'} "
                              f"expects {n_valid}: the shards changed since the split was made, or the manifest "
                              f"does not describe them (re-run `fingerspell preprocess`)")
-    return records.load_dataset([path])
+    return records.load_dataset([path], landmarks=cfg.landmark_set)
 
 
 def op_determinism_enabled() -> bool:
@@ -424,7 +427,7 @@ def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, res
     non-deterministic parallel reads unless the process asked for op determinism.
     """
     shards = records.shard_paths(data_dir)
-    records.check_layout(shards)
+    records.check_layout(shards, cfg.landmark_set)
     split = load_or_make_split(Path(data_dir), shards, cfg, run_dir, resume)
     held = {str(g) for g in split["validation"]}
     n_valid = sum(n for g, n in split["counts"].items() if g in held)
@@ -432,8 +435,9 @@ def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, res
     if "frames" not in split:  # a split.json written before splits kept frame counts
         split["frames"] = {str(g): n for g, n in read_inventory(Path(data_dir), shards, split["key"]).frames.items()}
     frames = split["frames"]
-    valid_bytes = decoded_bytes(n_valid, sum(n for g, n in frames.items() if g in held))
-    train_bytes = decoded_bytes(n_train, sum(n for g, n in frames.items() if g not in held))
+    columns = cfg.landmark_set.n_columns
+    valid_bytes = decoded_bytes(n_valid, sum(n for g, n in frames.items() if g in held), columns)
+    train_bytes = decoded_bytes(n_train, sum(n for g, n in frames.items() if g not in held), columns)
     budget = cache_budget(cfg)
     cached = decide_cache(cfg.cache, train_bytes + valid_bytes, budget)
     if cfg.cache == "auto":
@@ -442,7 +446,7 @@ def split_datasets(data_dir: Path, cfg: Config, run_dir: Path | None = None, res
                     "an unknown amount" if budget is None else f"{budget / 1e9:.2f} GB",
                     "caching them in memory" if cached else "streaming the training records from disk")
     train = training_records(shards, split, cfg, cached)
-    valid = validation_records(shards, split, n_valid, run_dir)
+    valid = validation_records(shards, split, n_valid, run_dir, cfg)
     if cached or decide_cache(cfg.cache, valid_bytes, budget):
         valid = valid.cache()
     return RunData(train, valid, split, n_train, n_valid, cached, train_bytes, shards)
@@ -457,7 +461,8 @@ def training_records(shards: list[Path], split: dict, cfg: Config, cached: bool,
     in the same order, so the reads are deterministic and the file order is drawn from `cfg.seed`.
     """
     train = records.load_dataset(shards, shuffle_files=not cached, seed=cfg.seed,
-                                 deterministic=op_determinism_enabled() or part is not None)
+                                 deterministic=op_determinism_enabled() or part is not None,
+                                 landmarks=cfg.landmark_set)
     train = train.filter(_in_split(split, validation=False))
     if part is not None:
         train = train.shard(*part)

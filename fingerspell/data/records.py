@@ -5,10 +5,12 @@ the feature names, dtypes and layout cannot drift apart. One `tf.train.Example`
 per sequence:
 
 - `landmarks`: bytes, float32 little-endian, row-major `[n_frames, n_columns]`,
-  the `schema.SELECTED_COLUMNS` of every frame in frame order, NaN kept (the
-  model's preprocessing decides what a missing hand means, not the writer);
-- `n_frames`, `n_columns` (int64): the shape; `n_columns` lets a reader detect
-  records written for another column layout instead of silently reshaping them;
+  the columns of one landmark set (`schema.LANDMARK_SETS`, chosen by `preprocess
+  --landmarks`) of every frame in frame order, NaN kept (the model's preprocessing decides
+  what a missing hand means, not the writer);
+- `n_frames`, `n_columns` (int64): the shape; `n_columns` tells the landmark set (the sets'
+  widths differ) and lets a reader refuse records of another column layout instead of
+  silently reshaping them;
 - `phrase` (bytes, UTF-8), `sequence_id`, `participant_id`, `file_id` (int64).
 
 One bytes feature instead of the seed notebook's one FloatList per column makes
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import google_crc32c
 import numpy as np
 
-from fingerspell.data.schema import N_SELECTED_COLUMNS, SPLIT_FILES
+from fingerspell.data.schema import LANDMARK_SETS, SPLIT_FILES, LandmarkSet, landmark_set_of_width
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -122,12 +124,13 @@ def serialize_sequence(
 ) -> bytes:
     """One sequence as a serialized `tf.train.Example` (see the module docstring).
 
-    `landmarks` is [n_frames, 156] in `SELECTED_COLUMNS` order; any float dtype or
-    memory layout is accepted and written as row-major little-endian float32.
+    `landmarks` is [n_frames, n_columns] in the order of a landmark set's `columns`; any float
+    dtype or memory layout is accepted and written as row-major little-endian float32.
     """
     arr = np.asarray(landmarks)
-    if arr.ndim != 2 or arr.shape[1] != N_SELECTED_COLUMNS:
-        raise ValueError(f"sequence {sequence_id}: landmarks must be [T, {N_SELECTED_COLUMNS}], got {arr.shape}")
+    if arr.ndim != 2 or landmark_set_of_width(arr.shape[1]) is None:
+        raise ValueError(f"sequence {sequence_id}: landmarks must be [T, C] with C the columns of a landmark set "
+                         f"({_widths()}), got {arr.shape}")
     if arr.dtype != np.dtype("<f4"):
         arr = arr.astype("<f4")
     payload = arr.tobytes(order="C")
@@ -207,30 +210,40 @@ def _feature_spec() -> dict[str, Any]:
     }
 
 
+def _widths() -> str:
+    return ", ".join(f"{s.n_columns} for {s.name}" for s in LANDMARK_SETS.values())
+
+
 def _layout_message(n_columns: int, where: str) -> str:
     if n_columns < 0:
         found = "no n_columns feature (not fingerspell records, e.g. the seed notebook's per-column format)"
     else:
         found = f"{n_columns} columns per frame"
-    return (f"{where}: records have {found}; this toolkit expects {N_SELECTED_COLUMNS} "
-            f"(schema.SELECTED_COLUMNS). Re-run `fingerspell preprocess` to rebuild them.")
+    return (f"{where}: records have {found}; this toolkit expects the columns of a landmark set ({_widths()}). "
+            f"Re-run `fingerspell preprocess` to rebuild them.")
 
 
-def parse_record(serialized: "tf.Tensor | bytes") -> dict[str, "tf.Tensor"]:
-    """A serialized record -> {landmarks [T, 156] float32, phrase, sequence_id, participant_id, file_id}.
+def parse_record(serialized: "tf.Tensor | bytes", stored: LandmarkSet | None = None,
+                 wanted: LandmarkSet | None = None) -> dict[str, "tf.Tensor"]:
+    """A serialized record -> {landmarks [T, C] float32, phrase, sequence_id, participant_id, file_id}.
 
-    Fails (InvalidArgumentError at run time inside tf.data) on records of
-    another column layout rather than reshaping them into garbage.
+    `stored` is the landmark set the records hold (default `hands_arms`); `wanted` (default: the same)
+    may be a set whose columns are among them, and only those are returned. Fails
+    (InvalidArgumentError at run time inside tf.data) on records of another column layout rather
+    than reshaping them into garbage.
     """
     tf = _tf()
+    stored = stored or LANDMARK_SETS["hands_arms"]
     parsed = tf.io.parse_single_example(serialized, _feature_spec())
     check = tf.debugging.assert_equal(
-        parsed[N_COLUMNS], tf.constant(N_SELECTED_COLUMNS, tf.int64),
-        message=f"record has n_columns != {N_SELECTED_COLUMNS} (another column layout or format); "
+        parsed[N_COLUMNS], tf.constant(stored.n_columns, tf.int64),
+        message=f"record has n_columns != {stored.n_columns} (another landmark set, column layout or format); "
                 "re-run `fingerspell preprocess` to rebuild the records")
     with tf.control_dependencies([check]):
         flat = tf.io.decode_raw(parsed[LANDMARKS], tf.float32, little_endian=True)
-        landmarks = tf.reshape(flat, tf.stack([parsed[N_FRAMES], tf.constant(N_SELECTED_COLUMNS, tf.int64)]))
+        landmarks = tf.reshape(flat, tf.stack([parsed[N_FRAMES], tf.constant(stored.n_columns, tf.int64)]))
+    if wanted is not None and wanted != stored:
+        landmarks = tf.gather(landmarks, column_positions(stored, wanted), axis=1)
     return {
         LANDMARKS: landmarks,
         PHRASE: parsed[PHRASE],
@@ -285,14 +298,28 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
     return paths
 
 
-def check_layout(paths: Sequence[Path]) -> None:
-    """Read the first record of each shard eagerly and check its column layout.
+def column_positions(stored: LandmarkSet, wanted: LandmarkSet, where: str = "the records") -> list[int]:
+    """Positions among `stored`'s columns of `wanted`'s; RecordFormatError when some are not stored."""
+    index = {name: k for k, name in enumerate(stored.columns)}
+    if missing := [c for c in wanted.columns if c not in index]:
+        raise RecordFormatError(
+            f"{where} hold landmarks={stored.name!r} ({stored.n_columns} columns), which lacks {len(missing)} column(s) "
+            f"of landmarks={wanted.name!r} (e.g. {missing[0]!r}): re-run `fingerspell preprocess --landmarks "
+            f"{wanted.name}` (or a larger set), or train with landmarks={stored.name}")
+    return [index[c] for c in wanted.columns]
 
-    Catches shards from another format or column selection before training
-    starts, with a message naming the file, instead of deep inside tf.data.
+
+def check_layout(paths: Sequence[Path], wanted: LandmarkSet | None = None) -> LandmarkSet | None:
+    """Read the first record of each shard eagerly, check its column layout and return the landmark
+    set the shards hold (None when every shard is empty).
+
+    Catches shards from another format or column selection, shards of different sets, and a
+    `wanted` set whose columns they do not hold, before training starts, with a message naming
+    the file, instead of deep inside tf.data.
     """
     tf = _tf()
     spec = {N_COLUMNS: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+    found: tuple[Path, LandmarkSet] | None = None
     for path in paths:
         first = read_first_record(path)
         if first is None:
@@ -301,8 +328,16 @@ def check_layout(paths: Sequence[Path]) -> None:
             n_columns = int(tf.io.parse_single_example(first, spec)[N_COLUMNS].numpy())
         except tf.errors.InvalidArgumentError as e:
             raise RecordFormatError(f"{path}: records are not tf.train.Example protos ({e.message})") from None
-        if n_columns != N_SELECTED_COLUMNS:
+        stored = landmark_set_of_width(n_columns)
+        if stored is None:
             raise RecordFormatError(_layout_message(n_columns, str(path)))
+        if found is not None and found[1] != stored:
+            raise RecordFormatError(f"{path}: records hold landmarks={stored.name!r}, but {found[0]} holds "
+                                    f"{found[1].name!r}: one run reads shards of one landmark set")
+        found = found or (path, stored)
+    if found is not None and wanted is not None:
+        column_positions(found[1], wanted, str(found[0]))
+    return None if found is None else found[1]
 
 
 def load_dataset(
@@ -312,11 +347,13 @@ def load_dataset(
     seed: int | None = None,
     num_parallel_reads: int | None = None,
     deterministic: bool = True,
+    landmarks: LandmarkSet | None = None,
 ) -> "tf.data.Dataset":
-    """Records as a dataset of dicts {landmarks [T, 156] float32, phrase, sequence_id, participant_id, file_id}.
+    """Records as a dataset of dicts {landmarks [T, C] float32, phrase, sequence_id, participant_id, file_id}.
 
     `source` is a preprocessed directory (shards chosen by `split`) or a list of
     shard paths. The layout of every shard is checked eagerly (see `check_layout`).
+    `landmarks`: the set to read (its columns must be stored; default: the set the shards hold).
     """
     tf = _tf()
     if isinstance(source, (str, os.PathLike)):
@@ -327,7 +364,7 @@ def load_dataset(
             raise FileNotFoundError("load_dataset: the list of shard paths is empty")
         if missing := [str(p) for p in paths if not p.is_file()]:
             raise FileNotFoundError(f"load_dataset: shard(s) not found: {missing[:5]}")
-    check_layout(paths)
+    stored = check_layout(paths, landmarks) or landmarks or LANDMARK_SETS["hands_arms"]
     files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
     if shuffle_files:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
@@ -335,4 +372,5 @@ def load_dataset(
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=reads if reads > 1 else None)
     options = tf.data.Options()
     options.deterministic = deterministic
-    return ds.with_options(options).map(parse_record, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.with_options(options).map(lambda r: parse_record(r, stored, landmarks),
+                                        num_parallel_calls=tf.data.AUTOTUNE)

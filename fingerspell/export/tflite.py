@@ -41,10 +41,13 @@ class InferenceModule(tf.Module):
         # Keras 3 models are not tracked by tf.Module: without these references the
         # converter writes a model with no weights, which loads and returns garbage.
         self.weights = [variable.value for variable in model.weights]
+        # The input is as wide as the run's landmark set: [T, its columns], in inference_args.json's order.
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, cfg.landmark_set.n_columns], tf.float32, name="inputs")])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, schema.N_SELECTED_COLUMNS], tf.float32, name="inputs")])
-    def serve(self, inputs):
-        frames = features.model_input(inputs, self.cfg.max_frames, self.cfg.normalization, self.cfg.padding_mask)
+    def _serve(self, inputs):
+        frames = features.model_input(inputs, self.cfg.max_frames, self.cfg.normalization, self.cfg.padding_mask,
+                                      self.cfg.landmark_set)
         if self.cfg.padding_mask:
             frames = features.pad_for_model(frames, self.cfg.subsampling)
         ids = self.model.generate(frames[None], decoder=self.decoder)[0]
@@ -84,11 +87,12 @@ def convert(model: FingerspellTransformer, cfg: Config, quantize: str = "none", 
         return converter.convert()
 
 
-def inference_args() -> dict:
-    return {"selected_columns": list(schema.SELECTED_COLUMNS)}
+def inference_args(landmarks: schema.LandmarkSet = schema.HANDS_ARMS) -> dict:
+    """Kaggle's inference_args.json: exactly the columns the model reads, in its input's order."""
+    return {"selected_columns": list(landmarks.columns)}
 
 
-def write_submission(tflite: bytes, out_dir: Path) -> dict[str, Path]:
+def write_submission(tflite: bytes, out_dir: Path, landmarks: schema.LandmarkSet = schema.HANDS_ARMS) -> dict[str, Path]:
     """model.tflite, inference_args.json, the character map and submission.zip (the first two at its root).
 
     Each file is written atomically; the zip is built last, from the bytes in memory, so a
@@ -99,7 +103,7 @@ def write_submission(tflite: bytes, out_dir: Path) -> dict[str, Path]:
             f"the TFLite model is {len(tflite) / 1e6:.1f} MB, over Kaggle's 40 MB limit; "
             f"export with --quantize fp16 (about half the size) or train a smaller model")
     out_dir = Path(out_dir)
-    args = json.dumps(inference_args())
+    args = json.dumps(inference_args(landmarks))
     paths = {"model": atomic_write(out_dir / "model.tflite", tflite),
              "inference_args": atomic_write(out_dir / "inference_args.json", args),
              "character_map": vocab.write_character_map(out_dir),
@@ -117,7 +121,7 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str = "best", quantize:
 
     model, cfg = load_trained_model(run_dir, checkpoint)
     decoder = check_decoder(decoder, cfg)
-    paths = write_submission(convert(model, cfg, quantize, decoder), out_dir)
+    paths = write_submission(convert(model, cfg, quantize, decoder), out_dir, cfg.landmark_set)
     return {"model": str(paths["model"]), "submission": str(paths["zip"]),
             "model_bytes": paths["model"].stat().st_size, "quantize": quantize, "checkpoint": checkpoint,
             "decoder": decoder, "parameters": model.count_params()}

@@ -16,10 +16,11 @@ from fingerspell.features.frames import (
     preprocess_frames,
     register_normalization,
     shorten,
+    side_features,
     side_points,
     to_points,
 )
 
 __all__ = ["FRAME_BUCKET", "SIDE_FEATURES", "dominant_side", "drop_empty_frames", "feature_dim", "model_input",
            "normalize", "pad_for_model", "pad_to", "padded_length", "preprocess_frames", "register_normalization",
-           "shorten", "side_points", "to_points"]
+           "shorten", "side_features", "side_points", "to_points"]

@@ -18,8 +18,8 @@ Every augmentation applies to each sequence independently with its config probab
 `cfg.aug_*_p`: per sequence through `apply_with_p` (a `tf.cond`), per batch through
 `apply_each_with_p` (the augmented batch is chosen per sequence with `tf.where`).
 Functions that know where points are take the layout as arguments, defaulting to
-today's 26 dominant-side points (`DEFAULT_LAYOUT`), so larger landmark sets only pass
-another `PointLayout`.
+the 26 dominant-side points of `hands_arms` (`DEFAULT_LAYOUT`); `layout_for` gives any
+landmark set's layout.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from fingerspell.config import Config
 from fingerspell.data import vocab
-from fingerspell.data.schema import N_HAND_POINTS, N_SIDE_POINTS
+from fingerspell.data.schema import HANDS_ARMS, N_HAND_POINTS, LandmarkSet
 
 # Points of each finger on MediaPipe's hand (thumb, index, middle, ring, pinky); the wrist is 0.
 FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
@@ -68,15 +68,32 @@ class PointLayout:
         return len(self.symmetry)
 
 
-#: Today's dominant-side points: hand 0-20, then the side's 5 arm pose points. The symmetry is
-#: the identity: a mirrored right hand is a left hand with the same MediaPipe point numbers, and
-#: the arm points belong to the same side (the other side is not among the points).
-DEFAULT_LAYOUT = PointLayout(
-    hand=tuple(range(N_HAND_POINTS)),
-    fingers=FINGERS,
-    parts=(tuple(range(N_HAND_POINTS, N_SIDE_POINTS)),),
-    symmetry=tuple(range(N_SIDE_POINTS)),
-)
+def layout_for(landmarks: LandmarkSet) -> PointLayout:
+    """The layout of a landmark set's dominant-side points (`LandmarkSet.side`): the hand first, then
+    each context group as a part.
+
+    The symmetry keeps every hand point in place (a mirrored right hand is a left hand with the same
+    MediaPipe point numbers, and the model reads it where the hand is) and swaps the context points
+    whose mirror images are context points too (the two eyes, the two arms); a point whose mirror image
+    is not among them (the arm of `hands_arms`, whose other side is not read) stays in place.
+    """
+    side = landmarks.side
+    where = {k: j for j, k in enumerate(side)}
+    symmetry = []
+    for j, k in enumerate(side):
+        partner = where.get(landmarks.symmetry[k], j)
+        symmetry.append(j if j < N_HAND_POINTS or partner < N_HAND_POINTS else partner)
+    return PointLayout(
+        hand=tuple(range(N_HAND_POINTS)),
+        fingers=FINGERS,
+        parts=tuple(tuple(where[landmarks.index[p]] for p in group) for _, group in landmarks.context),
+        symmetry=tuple(symmetry),
+    )
+
+
+#: The dominant-side points of `hands_arms`: hand 0-20, then the side's 5 arm pose points (one part);
+#: the symmetry is the identity.
+DEFAULT_LAYOUT = layout_for(HANDS_ARMS)
 
 #: Share of a sequence's frames that window_speed / drop_finger_window act on.
 WINDOW_SHARE = (0.1, 0.5)
@@ -444,9 +461,10 @@ def space_mask(points: tf.Tensor, share: tuple[float, float] = BOX_SHARE) -> tf.
 
 
 @_plain_ops
-def spatial(points: tf.Tensor, cfg: Config, layout: PointLayout = DEFAULT_LAYOUT) -> tf.Tensor:
+def spatial(points: tf.Tensor, cfg: Config, layout: PointLayout | None = None) -> tf.Tensor:
     """The per-batch augmentations, each per sequence with its probability: flip, affine, point drop,
-    finger window drop, part drop, space mask."""
+    finger window drop, part drop, space mask. `layout`: default, that of the config's landmark set."""
+    layout = layout or layout_for(cfg.landmark_set)
     points = apply_each_with_p(points, cfg.aug_flip_p, lambda x: flip(x, layout.symmetry))
     points = apply_each_with_p(points, cfg.aug_affine_p, lambda x: affine(
         x, cfg.aug_scale, cfg.aug_rotate_degrees, cfg.aug_shear, cfg.aug_shift))

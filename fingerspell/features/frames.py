@@ -1,4 +1,8 @@
-"""Frame preprocessing: [T, 156] selected landmark columns -> [T', features], T' <= max_frames.
+"""Frame preprocessing: [T, C] selected landmark columns -> [T', features], T' <= max_frames.
+
+C is the column count of the run's landmark set (`schema.LandmarkSet`: 156 for `hands_arms`, the
+default; 390 for `hands_arms_face`; 1629 for `all`); every function takes the set, defaulting to
+`hands_arms`.
 
 Written in TensorFlow ops that convert to TFLite builtins, and imported by both the
 tf.data pipeline and the TFLite export, so training and inference run the same code.
@@ -9,8 +13,9 @@ independently of where the signer stands and how large their hand is, while the
 arm keeps the hand's *motion*:
 - the hand is centred on its own mean point in each frame and scaled by the frame's
   RMS x-y spread (one scale for x, y and z so the shape is not distorted);
-- the arm pose points are centred on their mean over the whole sequence and scaled by
-  the sequence's RMS x-y spread, so moves such as j and z stay visible.
+- the arm pose points (with larger sets: the arm, face and other-hand points together, the
+  "context") are centred on their mean over the whole sequence and scaled by the sequence's
+  RMS x-y spread, so moves such as j and z, and where the hand is against the face, stay visible.
 Missing points become 0 after normalisation (0 is the mean, the least surprising value).
 """
 from __future__ import annotations
@@ -24,36 +29,41 @@ from fingerspell.config import ConfigError
 from fingerspell.data import schema
 
 HAND_FEATURES = schema.N_HAND_POINTS * 3
-SIDE_FEATURES = schema.N_SIDE_POINTS * 3  # 78: the dominant hand and its arm
+SIDE_FEATURES = schema.N_SIDE_POINTS * 3  # 78: the dominant hand and its arm (hands_arms)
+LandmarkSet = schema.LandmarkSet
+DEFAULT_SET = schema.HANDS_ARMS
+
 
 def is_nan(x: tf.Tensor) -> tf.Tensor:
     return tf.not_equal(x, x)
 
 
-def to_points(frames: tf.Tensor) -> tf.Tensor:
-    """[T, 156] coordinate-major columns -> [T, 52, 3] points (x, y, z)."""
-    frames = tf.reshape(tf.cast(frames, tf.float32), [-1, 3, schema.N_SELECTED_POINTS])
+def to_points(frames: tf.Tensor, landmarks: LandmarkSet = DEFAULT_SET) -> tf.Tensor:
+    """[T, C] coordinate-major columns -> [T, P, 3] points (x, y, z), e.g. [T, 52, 3] for hands_arms."""
+    frames = tf.reshape(tf.cast(frames, tf.float32), [-1, 3, landmarks.n_points])
     return tf.transpose(frames, [0, 2, 1])
 
 
-def hand_frame_counts(points: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def hand_frame_counts(points: tf.Tensor, landmarks: LandmarkSet = DEFAULT_SET) -> tuple[tf.Tensor, tf.Tensor]:
     """Frames in which the left and right hand are fully present."""
-    present = tf.logical_not(tf.reduce_any(is_nan(points), axis=2))  # [T, 52]
-    left = tf.reduce_all(tf.gather(present, schema.LEFT_HAND_POINTS, axis=1), axis=1)
-    right = tf.reduce_all(tf.gather(present, schema.RIGHT_HAND_POINTS, axis=1), axis=1)
+    present = tf.logical_not(tf.reduce_any(is_nan(points), axis=2))  # [T, P]
+    left = tf.reduce_all(tf.gather(present, landmarks.left_hand, axis=1), axis=1)
+    right = tf.reduce_all(tf.gather(present, landmarks.right_hand, axis=1), axis=1)
     return (tf.reduce_sum(tf.cast(left, tf.int32)), tf.reduce_sum(tf.cast(right, tf.int32)))
 
 
-def dominant_side(frames: tf.Tensor) -> tf.Tensor:
-    """[T, 156] -> [T, 26, 3]: the hand present in more frames and the same side's arm.
+def dominant_side(frames: tf.Tensor, landmarks: LandmarkSet = DEFAULT_SET) -> tf.Tensor:
+    """[T, C] -> [T, S, 3]: the hand present in more frames, then the set's context points
+    (for hands_arms, S = 26: the same side's arm).
 
-    A left-dominant sequence is mirrored (x -> 1 - x) so the model always sees a
-    right hand. Ties go to the right hand, as in the seed.
+    A left-dominant sequence is mirrored (x -> 1 - x, each point relabelled as its mirror image
+    through the set's symmetry map) so the model always sees a right hand. Ties go to the right
+    hand, as in the seed.
     """
-    points = to_points(frames)
-    n_left, n_right = hand_frame_counts(points)
-    left = tf.gather(points, schema.LEFT_HAND_POINTS + schema.LEFT_ARM_POINTS, axis=1)
-    right = tf.gather(points, schema.RIGHT_HAND_POINTS + schema.RIGHT_ARM_POINTS, axis=1)
+    points = to_points(frames, landmarks)
+    n_left, n_right = hand_frame_counts(points, landmarks)
+    left = tf.gather(points, [landmarks.symmetry[k] for k in landmarks.side], axis=1)
+    right = tf.gather(points, landmarks.side, axis=1)
     mirrored = left * tf.constant([-1.0, 1.0, 1.0]) + tf.constant([1.0, 0.0, 0.0])
     return tf.where(n_left > n_right, mirrored, right)
 
@@ -74,7 +84,8 @@ def _centre_and_scale(points: tf.Tensor, axis) -> tf.Tensor:
 
 
 def normalize(points: tf.Tensor) -> tf.Tensor:
-    """[..., T, 26, 3] dominant-side points -> [..., T, 78] normalised features, NaN -> 0.
+    """[..., T, S, 3] dominant-side points -> [..., T, 3 S] normalised features, NaN -> 0
+    (S = 26 -> 78 features for hands_arms).
 
     Works on one sequence or a batch (the training pipeline normalises whole batches).
     """
@@ -82,7 +93,7 @@ def normalize(points: tf.Tensor) -> tf.Tensor:
     arm = _centre_and_scale(points[..., schema.N_HAND_POINTS :, :], axis=[-3, -2])
     x = tf.concat([hand, arm], axis=-2)
     x = tf.where(is_nan(x), tf.zeros_like(x), x)
-    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [SIDE_FEATURES]], axis=0))
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [points.shape[-2] * 3]], axis=0))
 
 
 def drop_empty_frames(frames: tf.Tensor) -> tf.Tensor:
@@ -119,42 +130,51 @@ def pad_to(x: tf.Tensor, length: int | tf.Tensor, fill: float = 0.0) -> tf.Tenso
     return tf.concat([x, filler], axis=0)
 
 
-def side_points(frames: tf.Tensor, max_frames: int) -> tf.Tensor:
-    """[T, 156] -> [T', 26, 3] dominant-side points of the frames where anything was detected, at most
+def side_points(frames: tf.Tensor, max_frames: int, landmarks: LandmarkSet = DEFAULT_SET) -> tf.Tensor:
+    """[T, C] -> [T', S, 3] dominant-side points of the frames where anything was detected, at most
     `max_frames` of them and at least one (a sequence where nothing was seen is one all-missing frame)."""
-    return shorten(dominant_side(at_least_one_frame(drop_empty_frames(frames))), max_frames)
+    return shorten(dominant_side(at_least_one_frame(drop_empty_frames(frames)), landmarks), max_frames)
 
 
-def preprocess_frames(frames: tf.Tensor, max_frames: int = 384) -> tf.Tensor:
-    """[T, 156] raw selected columns (NaN where undetected) -> [T', 78] model input, 1 <= T' <= max_frames.
+def preprocess_frames(frames: tf.Tensor, max_frames: int = 384, landmarks: LandmarkSet = DEFAULT_SET) -> tf.Tensor:
+    """[T, C] raw selected columns (NaN where undetected) -> [T', 3 S] model input, 1 <= T' <= max_frames
+    ([T', 78] for hands_arms).
 
     Length first, then normalisation: the arm's sequence statistics are those of the
     frames the model sees; missing points become 0.
     """
-    return normalize(side_points(frames, max_frames))
+    return normalize(side_points(frames, max_frames, landmarks))
 
 
-FrameFunction = Callable[[tf.Tensor, int], tf.Tensor]
-
-#: normalization name -> (frame function ([T, 156], max_frames) -> [T', dim] with 1 <= T' <= max_frames, dim). "hand" is ours;
-#: benchmarks register other recipes (bench/seed_recipe.py registers the seed notebook's).
-_NORMALIZATIONS: dict[str, tuple[FrameFunction, int]] = {"hand": (preprocess_frames, SIDE_FEATURES)}
+def side_features(landmarks: LandmarkSet) -> int:
+    """Features per frame of our preprocessing: x, y, z of each dominant-side point."""
+    return landmarks.n_side_points * 3
 
 
-def register_normalization(name: str, function: FrameFunction, dim: int) -> None:
-    """Make `normalization=name` in a config run `function` (used by tf.data and the export alike)."""
+FrameFunction = Callable[[tf.Tensor, int, LandmarkSet], tf.Tensor]
+FeatureCount = Callable[[LandmarkSet], int]
+
+#: normalization name -> (frame function ([T, C], max_frames, landmark set) -> [T', dim] with
+#: 1 <= T' <= max_frames, dim of a landmark set). "hand" is ours; benchmarks register other recipes
+#: (bench/seed_recipe.py registers the seed notebook's).
+_NORMALIZATIONS: dict[str, tuple[FrameFunction, FeatureCount]] = {"hand": (preprocess_frames, side_features)}
+
+
+def register_normalization(name: str, function: FrameFunction, dim: FeatureCount) -> None:
+    """Make `normalization=name` in a config run `function` (used by tf.data and the export alike);
+    `dim` gives its features per frame for a landmark set (raising ConfigError for a set it cannot take)."""
     _NORMALIZATIONS[name] = (function, dim)
 
 
-def _lookup(normalization: str) -> tuple[FrameFunction, int]:
+def _lookup(normalization: str) -> tuple[FrameFunction, FeatureCount]:
     if normalization not in _NORMALIZATIONS:
         raise ConfigError(f"normalization={normalization!r}: expected one of {sorted(_NORMALIZATIONS)}")
     return _NORMALIZATIONS[normalization]
 
 
-def feature_dim(normalization: str) -> int:
-    """Features per frame that the named preprocessing produces."""
-    return _lookup(normalization)[1]
+def feature_dim(normalization: str, landmarks: LandmarkSet = DEFAULT_SET) -> int:
+    """Features per frame that the named preprocessing produces from a landmark set."""
+    return _lookup(normalization)[1](landmarks)
 
 
 def at_least_one_frame(frames: tf.Tensor) -> tf.Tensor:
@@ -167,13 +187,15 @@ def at_least_one_frame(frames: tf.Tensor) -> tf.Tensor:
     return pad_to(frames, 1, fill=math.nan)
 
 
-def model_input(frames: tf.Tensor, max_frames: int, normalization: str, padding_mask: bool = True) -> tf.Tensor:
-    """The frame preprocessing a config names: [T, 156] (T may be 0) -> [T', feature_dim], T' <= max_frames.
+def model_input(frames: tf.Tensor, max_frames: int, normalization: str, padding_mask: bool = True,
+                landmarks: LandmarkSet = DEFAULT_SET) -> tf.Tensor:
+    """The frame preprocessing a config names: [T, C] (T may be 0) -> [T', feature_dim], T' <= max_frames.
 
     Without `padding_mask` (the seed's geometry) every sequence is padded with zeros to max_frames,
     and the model sees the padding as frames.
     """
-    x = _lookup(normalization)[0](at_least_one_frame(frames), max_frames)
+    feature_dim(normalization, landmarks)  # a recipe that cannot take this set says so here
+    x = _lookup(normalization)[0](at_least_one_frame(frames), max_frames, landmarks)
     return x if padding_mask else pad_to(x, max_frames)
 
 

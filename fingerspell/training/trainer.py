@@ -210,7 +210,7 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[Fingers
     path = run_dir / CHECKPOINTS / f"{checkpoint}.weights.h5"
     if not path.exists():
         raise TrainingError(f"{path}: checkpoint not found (has the run finished an epoch?)")
-    model = build_model(cfg, features.feature_dim(cfg.normalization))
+    model = build_model(cfg, features.feature_dim(cfg.normalization, cfg.landmark_set))
     model.load_weights(path)
     return model, cfg
 
@@ -524,7 +524,7 @@ def _fit(data_dir: Path, run_dir: Path, cfg: Config, runtime: Runtime, resume: b
     eval_batches = pipeline.evaluation_batches(valid_records, cfg, cfg.eval_batch_size)
 
     with runtime.strategy.scope():
-        model = build_model(cfg, features.feature_dim(cfg.normalization))
+        model = build_model(cfg, features.feature_dim(cfg.normalization, cfg.landmark_set))
         optimizer, schedule = make_optimizer(cfg, steps)
         model.compile(optimizer=optimizer, jit_compile=runtime.jit_compile, steps_per_execution=per_execution)
         if resume:
