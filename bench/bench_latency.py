@@ -79,11 +79,13 @@ print(json.dumps({"ms": ms, "rows": rows}))
 
 # --- sequences ----------------------------------------------------------------------------------
 
-def random_sequences(n: int, seed: int = 0) -> list[np.ndarray]:
-    """`n` raw [T, 156] sequences: lengths from a lognormal fitted to Kaggle's (clipped 10..800),
-    values uniform in [0, 1), each hand missing (NaN) in runs for ~30% of the frames. Sequence i depends
-    on (seed, i) only: fewer sequences are the first ones of a longer run."""
+def random_sequences(n: int, seed: int = 0, landmarks: str = "hands_arms") -> list[np.ndarray]:
+    """`n` raw [T, C] sequences of a landmark set's columns (156 for hands_arms): lengths from a lognormal
+    fitted to Kaggle's (clipped 10..800), values uniform in [0, 1), each hand missing (NaN) in runs for ~30%
+    of the frames. Sequence i depends on (seed, i) only: fewer sequences are the first ones of a longer run."""
     from fingerspell.data import schema
+
+    selected = schema.landmark_set(landmarks)
 
     sigma = math.sqrt(2.0 * math.log(LENGTH_MEAN / LENGTH_MEDIAN))
     # Two-state chain per hand: leave a missing run with p 1/MISSING_RUN, start one so ~30% are missing.
@@ -93,8 +95,8 @@ def random_sequences(n: int, seed: int = 0) -> list[np.ndarray]:
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         length = int(np.clip(np.rint(rng.lognormal(math.log(LENGTH_MEDIAN), sigma)), LENGTH_MIN, LENGTH_MAX))
-        frames = rng.random((length, schema.N_SELECTED_COLUMNS), dtype=np.float32)
-        for columns in (schema.SELECTED_LEFT_HAND_COLUMNS, schema.SELECTED_RIGHT_HAND_COLUMNS):
+        frames = rng.random((length, selected.n_columns), dtype=np.float32)
+        for columns in (selected.left_hand_columns, selected.right_hand_columns):
             missing = rng.random() < MISSING_SHARE
             flips = rng.random(length)
             for t in range(length):
@@ -105,8 +107,9 @@ def random_sequences(n: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def load_sequences(data_dir: Path, n: int) -> list[np.ndarray]:
-    """The first `n` sequences of the dataset's train split, raw [T, 156] as the grader sends them."""
+def load_sequences(data_dir: Path, n: int, landmarks: str = "hands_arms") -> list[np.ndarray]:
+    """The first `n` sequences of the dataset's train split, raw [T, C] (a landmark set's columns) as the
+    grader sends them."""
     from fingerspell.data import schema
     from fingerspell.data.metadata import load_metadata
     from fingerspell.data.parquet import read_sequences
@@ -117,7 +120,7 @@ def load_sequences(data_dir: Path, n: int) -> list[np.ndarray]:
         wanted.setdefault(parquet, []).append(sequence_id)
     out = []
     for parquet, ids in wanted.items():
-        found = read_sequences(parquet, schema.SELECTED_COLUMNS, ids)
+        found = read_sequences(parquet, schema.landmark_set(landmarks).columns, ids)
         out += [found[s] for s in ids if s in found]
     return out
 
@@ -139,14 +142,14 @@ class FixedSteps:
         return self.model.generate(frames, max_steps=self.steps, decoder=decoder)
 
 
-def preset_model(preset: str):
-    """(config, model with random weights and END never emitted) for a preset."""
+def preset_model(preset: str, landmarks: str = "hands_arms"):
+    """(config, model with random weights and END never emitted) for a preset reading a landmark set."""
     from fingerspell import features
     from fingerspell.config import Config
     from fingerspell.data import vocab
     from fingerspell.model.transformer import build_model
 
-    cfg = Config.from_dict({"preset": preset})
+    cfg = Config.from_dict({"preset": preset, "landmarks": landmarks})
     model = build_model(cfg, features.feature_dim(cfg.normalization, cfg.landmark_set))
     bias = model.classifier.bias.numpy()
     bias[vocab.END] = END_BIAS
@@ -319,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, help="Kaggle-layout dataset to take sequences from "
                                                       "(default: random frames of Kaggle-like lengths)")
+    parser.add_argument("--landmarks", choices=("hands_arms", "hands_arms_face", "all"), default="hands_arms",
+                        help="the landmark set the models read (the seed path reads hands_arms only)")
     parser.add_argument("--no-seed-path", action="store_true", help="skip the seed notebook's export path row")
     parser.add_argument("--submission", type=Path, help="also time a trained export (a directory with model.tflite)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per model and runtime")
@@ -326,12 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started, load_before = time.perf_counter(), os.getloadavg()
 
-    sequences = (load_sequences(args.data_dir, args.sequences) if args.data_dir
-                 else random_sequences(args.sequences))
+    sequences = (load_sequences(args.data_dir, args.sequences, args.landmarks) if args.data_dir
+                 else random_sequences(args.sequences, landmarks=args.landmarks))
     lengths = np.array([len(s) for s in sequences])
     source = str(args.data_dir) if args.data_dir else "random frames (lognormal lengths, seed 0)"
     print(f"{len(sequences)} sequences from {source}: frames mean {lengths.mean():.0f}, median "
-          f"{np.median(lengths):.0f}, max {lengths.max()}; {args.threads} threads; {args.quantize}; "
+          f"{np.median(lengths):.0f}, max {lengths.max()}; {sequences[0].shape[1]} columns ({args.landmarks}); "
+          f"{args.threads} threads; {args.quantize}; "
           f"attention/joint decode {args.steps} steps", file=sys.stderr, flush=True)
 
     from fingerspell.export.tflite import ExportError, check_decoder
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         sequences_path = save_sequences(sequences, work / "sequences.npz")
         for preset in args.presets:
-            cfg, model = preset_model(preset)
+            cfg, model = preset_model(preset, args.landmarks)
             for decoder in args.decoders:
                 try:
                     check_decoder(decoder, cfg)
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{len(tflite) / 1e6:.1f} MB", file=sys.stderr, flush=True)
                 rows += rows_for_model(preset, decoder, model.count_params(), tflite, args.runtimes, sequences_path,
                                        args, work, None if decoder == "ctc" else args.steps)
-        if not args.no_seed_path:
+        if not args.no_seed_path and args.landmarks == "hands_arms":
             start, decoder = time.perf_counter(), "attention, 63 full passes"
             try:
                 tflite, params = seed_path_tflite()
