@@ -298,12 +298,13 @@ def shard_paths(preprocessed_dir: str | os.PathLike, split: str | None = None) -
     return paths
 
 
-def column_positions(stored: LandmarkSet, wanted: LandmarkSet, where: str = "the records") -> list[int]:
-    """Positions among `stored`'s columns of `wanted`'s; RecordFormatError when some are not stored."""
+def column_positions(stored: LandmarkSet, wanted: LandmarkSet, where: str = "") -> list[int]:
+    """Positions among `stored`'s columns of `wanted`'s; RecordFormatError (naming the file `where`, if
+    given) when some are not stored."""
     index = {name: k for k, name in enumerate(stored.columns)}
     if missing := [c for c in wanted.columns if c not in index]:
         raise RecordFormatError(
-            f"{where} hold landmarks={stored.name!r} ({stored.n_columns} columns), which lacks {len(missing)} column(s) "
+            f"{where + ': ' if where else ''}records hold landmarks={stored.name!r} ({stored.n_columns} columns), which lacks {len(missing)} column(s) "
             f"of landmarks={wanted.name!r} (e.g. {missing[0]!r}): re-run `fingerspell preprocess --landmarks "
             f"{wanted.name}` (or a larger set), or train with landmarks={stored.name}")
     return [index[c] for c in wanted.columns]
