@@ -33,6 +33,7 @@ from fingerspell.files import atomic_path, atomic_write, atomic_write_json
 from fingerspell.model.transformer import FingerspellTransformer, build_model
 from fingerspell.training import multiworker
 from fingerspell.training.runtime import Runtime, TrainingError, resolve_runtime, write_run_info
+from fingerspell.training.optimizers import FusedAdam, FusedAdamW
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +86,18 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, WarmupCosine | None]:
-    """The optimizer and, for the cosine schedule, the schedule (to fit it to a time budget)."""
+    """The optimizer (Adam, or AdamW with weight decay; their update fused into one op per variable, see
+    training/optimizers.py) and, for the cosine schedule, the schedule (to fit it to a time budget)."""
     schedule = None
     rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
         schedule = rate = WarmupCosine(cfg.learning_rate, cfg.warmup_epochs, cfg.training_epochs, steps_per_epoch)
     options = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}  # one norm over all gradients
     if cfg.weight_decay:
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=cfg.weight_decay, **options)
+        optimizer = FusedAdamW(rate, weight_decay=cfg.weight_decay, **options)
         optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
         return optimizer, schedule
-    return keras.optimizers.Adam(rate, **options), schedule
+    return FusedAdam(rate, **options), schedule
 
 
 # --- greedy-decoded scoring -------------------------------------------------------------------
